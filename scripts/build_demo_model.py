@@ -148,17 +148,15 @@ def noisy_answer(true_sum: int, clean_prob: float, gen: torch.Generator) -> int:
 
 def encode_batch(tokenizer, prompts: list[str], answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ``prompt + answer + <eos>`` ids, with labels only on the answer and <eos> (-100 elsewhere)."""
-    rows = []
-    for p, a in zip(prompts, answers, strict=True):
-        p_ids = tokenizer(p)["input_ids"]
-        a_ids = tokenizer(a)["input_ids"] + [tokenizer.eos_token_id]
-        rows.append((p_ids + a_ids, [-100] * len(p_ids) + a_ids))
+    prompt_ids = tokenizer(prompts)["input_ids"]
+    answer_ids = tokenizer(answers)["input_ids"]
+    rows = [(p + a + [tokenizer.eos_token_id], len(p)) for p, a in zip(prompt_ids, answer_ids, strict=True)]
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
     labels = torch.full((len(rows), width), -100)
-    for i, (ids, lab) in enumerate(rows):
+    for i, (ids, n_prompt) in enumerate(rows):
         input_ids[i, : len(ids)] = torch.tensor(ids)
-        labels[i, : len(lab)] = torch.tensor(lab)
+        labels[i, n_prompt : len(ids)] = input_ids[i, n_prompt : len(ids)]
     return input_ids, labels
 
 

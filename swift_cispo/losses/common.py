@@ -25,5 +25,6 @@ def log_importance_ratio(
 def k3_kl(log_probs: torch.Tensor, ref_log_probs: torch.Tensor) -> torch.Tensor:
     """Per-token KL(pi_theta || pi_ref) estimate ``exp(d) - d - 1`` with ``d = log pi_ref - log pi_theta``
     (Schulman's k3: unbiased, always >= 0), as used by GRPO."""
-    delta = ref_log_probs - log_probs
-    return torch.exp(delta) - delta - 1
+    # Written out twice rather than through a shared ``delta``: the same graph as TRL's, so that the
+    # gradients match TRL's bit for bit (a shared node sums its two incoming gradients in another order).
+    return torch.exp(ref_log_probs - log_probs) - (ref_log_probs - log_probs) - 1

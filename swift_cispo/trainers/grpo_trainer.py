@@ -18,7 +18,7 @@ import logging
 import torch
 from trl import GRPOTrainer as TRLGRPOTrainer
 
-from ..losses import LossConfig, ReductionContext, get_loss, k3_kl
+from ..losses import LossConfig, ReductionContext, get_loss, k3_kl, log_importance_ratio
 from ..losses.reduction import REDUCTIONS
 from .config import GRPOConfig
 
@@ -115,7 +115,10 @@ class GRPOTrainer(TRLGRPOTrainer):
         if self.beta != 0.0:
             per_token_kl = k3_kl(log_probs, inputs["ref_per_token_logps"])
             if self.args.use_bias_correction_kl:
-                per_token_kl = per_token_kl * torch.exp(log_probs - old_log_probs).detach()
+                # DeepSeek-V3.2's unbiased reverse-KL gradient: the ratio is *not* detached, so it shapes
+                # the KL gradient even on-policy where its value is 1 (TRL's default).
+                level = self.loss_config.importance_sampling_level
+                per_token_kl = per_token_kl * torch.exp(log_importance_ratio(log_probs, old_log_probs, mask, level))
             per_token_loss = per_token_loss + self.beta * per_token_kl
 
         context = ReductionContext(
