@@ -27,5 +27,5 @@ setup(
         "tqdm",
     ],
     extras_require={"test": ["pytest>=8"]},
-    entry_points={"console_scripts": ["swift=swift_cispo.cli.main:main", "swift-cispo=swift_cispo.cli.main:main"]},
+    entry_points={"console_scripts": ["swift=swift_cispo.cli.main:entry", "swift-cispo=swift_cispo.cli.main:entry"]},
 )

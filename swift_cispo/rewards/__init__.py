@@ -19,6 +19,8 @@ Plain functions with TRL's reward signature can also be passed to the trainer fr
 
 from __future__ import annotations
 
+from typing import Callable
+
 from ..demo.task import score as _score_exact
 
 
@@ -53,4 +55,49 @@ orms: dict[str, type] = {
     "exact_match": ExactMatch,
 }
 
-__all__ = ["ORM", "ExactMatch", "completion_text", "orms"]
+
+def _check_rewards(name: str, values, expected: int) -> list[float]:
+    """One float (or None, which TRL skips as NaN) per completion, or a UserError naming the problem."""
+    from ..errors import UserError
+
+    try:
+        values = list(values)
+    except TypeError:
+        raise UserError(
+            f"reward function '{name}' returned {type(values).__name__}; it must return a list with one float per completion"
+        ) from None
+    if len(values) != expected:
+        raise UserError(f"reward function '{name}' returned {len(values)} rewards for {expected} completions; return one per completion")
+    checked = []
+    for index, value in enumerate(values):
+        if value is None:
+            checked.append(None)
+            continue
+        try:
+            checked.append(float(value))
+        except (TypeError, ValueError):
+            raise UserError(
+                f"reward function '{name}' returned {type(value).__name__} {value!r:.40} for completion {index}; "
+                "rewards must be numbers (or None to skip a completion)"
+            ) from None
+    return checked
+
+
+def reward_function(name: str) -> Callable:
+    """The ORM registered as ``name``, wrapped as a TRL reward function whose outputs are checked."""
+    from ..errors import UserError
+
+    if name not in orms:
+        raise UserError(f"unknown reward function '{name}'; available: {', '.join(sorted(orms))}")
+    entry = orms[name]
+    orm = entry() if isinstance(entry, type) else entry
+
+    def reward(prompts=None, completions=None, **kwargs):
+        return _check_rewards(name, orm(completions, prompts=prompts, **kwargs), len(completions))
+
+    reward.__name__ = name  # TRL logs rewards/<name>/mean
+    reward.__qualname__ = name
+    return reward
+
+
+__all__ = ["ORM", "ExactMatch", "completion_text", "orms", "reward_function"]

@@ -1,0 +1,182 @@
+"""The ``swift rlhf`` arguments: dataclass fields with help texts, the single source of truth.
+
+The CLI, YAML configs and the docs' flag table all come from these dataclasses. The training
+flags are not re-declared here: :func:`training_arguments_class` copies the chosen fields of
+:class:`swift_cispo.GRPOConfig` (TRL's fields and ours, with their defaults and help texts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+from ..trainers.config import GRPOConfig
+
+
+@dataclass
+class ModelArguments:
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Policy model: a local folder or a model id on the Hugging Face hub. Omit both --model and "
+            "--dataset to train the embedded demo."
+        },
+    )
+    torch_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Dtype the weights are loaded in: 'auto' (the checkpoint's), 'float32', 'bfloat16' or 'float16'.",
+            "choices": ["auto", "float32", "bfloat16", "float16"],
+        },
+    )
+    train_type: str = field(
+        default="full",
+        metadata={"help": "What is trained: 'full' (all weights). Alias: --tuner_type.", "choices": ["full"]},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow the model folder's own Python code to run when it is loaded. Off unless asked for."},
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "One or more datasets: local .jsonl/.json/.csv/.parquet files, a saved datasets folder, or a hub "
+            "dataset id. 'PATH#N' takes N rows (shuffled with --seed, repeated if N exceeds the rows). Rows need a "
+            "'prompt' (string or chat messages) or a 'messages' column; every other column reaches the reward "
+            "functions as a keyword argument."
+        },
+    )
+    system: str | None = field(
+        default=None,
+        metadata={"help": "System prompt put before every prompt (the prompt becomes a chat conversation)."},
+    )
+
+
+@dataclass
+class RLHFArguments:
+    rlhf_type: str = field(
+        default="grpo",
+        metadata={"help": "RL algorithm family; CISPO is a loss of it (--loss_type cispo).", "choices": ["grpo"]},
+    )
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Reward functions by name, from the orms registry (built in: exact_match; plugin files add more). "
+            "Weighted by --reward_weights."
+        },
+    )
+    external_plugins: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Python files run before training, to register rewards in swift_cispo.rewards.orms or losses "
+            "with swift_cispo.register_loss. Code runs only from files named here."
+        },
+    )
+
+
+# GRPOConfig fields exposed as flags, in the order --help lists them. Everything else in TRL's and
+# transformers' argument classes is left out until this project supports and tests it.
+TRAINING_FLAGS = (
+    # objective
+    "loss_type",
+    "epsilon",
+    "epsilon_high",
+    "beta",
+    "num_iterations",
+    "scale_rewards",
+    "reward_weights",
+    "mask_truncated_completions",
+    # rollouts
+    "num_generations",
+    "max_completion_length",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "steps_per_generation",
+    # optimisation
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "weight_decay",
+    "max_grad_norm",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "num_train_epochs",
+    "max_steps",
+    "seed",
+    "gradient_checkpointing",
+    "bf16",
+    "fp16",
+    "use_cpu",
+    # output
+    "output_dir",
+    "logging_steps",
+    "save_strategy",
+    "save_steps",
+    "save_total_limit",
+    "save_only_model",
+    "report_to",
+    "log_completions",
+)
+
+# CLI defaults that differ from the dataclass's: a fresh, timestamped output folder is chosen at
+# run time (see swift_cispo.cli.rlhf) so that no earlier run is overwritten.
+_CLI_DEFAULTS = {"output_dir": None, "report_to": "none", "logging_steps": 5}
+
+
+def training_arguments_class() -> type:
+    """A dataclass holding the :data:`TRAINING_FLAGS` fields of :class:`GRPOConfig`, same defaults and help."""
+    hints = typing.get_type_hints(GRPOConfig)
+    by_name = {f.name: f for f in dataclasses.fields(GRPOConfig)}
+    spec = []
+    for name in TRAINING_FLAGS:
+        source = by_name[name]
+        metadata = dict(source.metadata)
+        if name in _CLI_DEFAULTS:
+            default = _CLI_DEFAULTS[name]
+            new_field = field(default=default, metadata=metadata)
+        elif source.default_factory is not dataclasses.MISSING:
+            new_field = field(default_factory=source.default_factory, metadata=metadata)
+        else:
+            new_field = field(default=source.default, metadata=metadata)
+        spec.append((name, hints[name], new_field))
+    return dataclasses.make_dataclass("TrainingArguments", spec)
+
+
+# Flags of ms-swift / TRL that users will try and that belong to features not built yet:
+# rejected with a sentence saying so rather than reported as unknown, or silently ignored.
+NOT_YET_SUPPORTED = {
+    "use_vllm": "vLLM rollouts",
+    "vllm_mode": "vLLM rollouts",
+    "vllm_server_host": "vLLM server mode",
+    "vllm_server_port": "vLLM server mode",
+    "vllm_gpu_memory_utilization": "vLLM rollouts",
+    "vllm_max_model_len": "vLLM rollouts",
+    "vllm_tensor_parallel_size": "vLLM rollouts",
+    "async_generate": "asynchronous rollouts",
+    "sleep_level": "vLLM rollouts",
+    "offload_model": "vLLM rollouts",
+    "deepspeed": "DeepSpeed",
+    "lora_rank": "LoRA",
+    "lora_alpha": "LoRA",
+    "lora_dropout": "LoRA",
+    "target_modules": "LoRA",
+    "resume_from_checkpoint": "resuming",
+    "importance_sampling_level": "sequence-level importance ratios",
+    "rollout_importance_sampling_mode": "rollout importance-sampling correction",
+    "split_dataset_ratio": "evaluation during training",
+    "columns": "column remapping",
+}
+
+#: ms-swift spells some flags two ways; the second name maps to the first.
+ALIASES = {"tuner_type": "train_type"}

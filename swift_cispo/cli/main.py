@@ -1,0 +1,57 @@
+"""Entry point of the ``swift`` and ``swift-cispo`` commands."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from ..errors import UserError
+
+SUBCOMMANDS = {"rlhf": "train a policy with CISPO or another GRPO-family loss"}
+
+USAGE = "usage: swift <subcommand> [flags]\n\nsubcommands:\n" + "\n".join(
+    f"  {name:<8} {text}" for name, text in SUBCOMMANDS.items()
+) + "\n\nrun 'swift <subcommand> --help' for its flags"
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[swift-cispo] %(message)s"))
+    log = logging.getLogger("swift_cispo")
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from .. import __version__
+
+        print(f"swift-cispo {__version__}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in SUBCOMMANDS:
+        print(f"swift: error: unknown subcommand '{command}'; available: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        return 2
+    _setup_logging()
+    try:
+        from . import rlhf
+
+        return rlhf.run(rest)
+    except UserError as err:
+        print(f"swift {command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,116 @@
+"""Turning the command line (and YAML/JSON config files) into the argument dataclasses."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from ..errors import UserError
+from .args import ALIASES, NOT_YET_SUPPORTED
+
+
+class Parser(HfArgumentParser):
+    """HfArgumentParser whose errors become :class:`UserError` (one sentence, no usage dump)."""
+
+    def __init__(self, dataclass_types, prog: str):
+        super().__init__(dataclass_types, prog=prog, allow_abbrev=False)
+
+    def error(self, message):
+        raise UserError(message)
+
+    def flag_names(self) -> list[str]:
+        return sorted(opt for action in self._actions for opt in action.option_strings if opt.startswith("--"))
+
+
+def _config_to_argv(path_str: str) -> list[str]:
+    """A YAML/JSON file of ``flag: value`` pairs, as command-line tokens."""
+    path = Path(path_str).expanduser()
+    if not path.is_file():
+        raise UserError(f"config file {path_str} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as err:
+        raise UserError(f"config file {path_str} could not be parsed: {str(err).splitlines()[0]}") from None
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path_str} must hold a mapping of flag: value pairs, not a {type(data).__name__}")
+    argv: list[str] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            raise UserError(f"config file {path_str}: '{key}' holds a nested block, which is not a known flag")
+        if value is None:
+            continue
+        argv.append(f"--{key}")
+        values = value if isinstance(value, list) else [value]
+        argv.extend(("true" if v else "false") if isinstance(v, bool) else str(v) for v in values)
+    return argv
+
+
+def expand_config_files(argv: list[str]) -> list[str]:
+    """A first argument ending in .yaml/.yml/.json, and ``--config FILE`` anywhere, are read as flags.
+
+    The file's flags come first, so flags given on the command line override them.
+    """
+    argv = list(argv)
+    files: list[str] = []
+    if argv and Path(argv[0]).suffix.lower() in (".yaml", ".yml", ".json"):
+        files.append(argv.pop(0))
+    rest: list[str] = []
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        if token == "--config":
+            if index + 1 >= len(argv):
+                raise UserError("--config needs a file path")
+            files.append(argv[index + 1])
+            index += 2
+            continue
+        if token.startswith("--config="):
+            files.append(token.split("=", 1)[1])
+        else:
+            rest.append(token)
+        index += 1
+    expanded: list[str] = []
+    for file in files:
+        expanded.extend(_config_to_argv(file))
+    return expanded + rest
+
+
+def normalise_flags(argv: list[str]) -> list[str]:
+    """Apply aliases (``--tuner_type`` -> ``--train_type``) and ``--flag=value`` splitting."""
+    out: list[str] = []
+    for token in argv:
+        if token.startswith("--"):
+            name, eq, value = token[2:].partition("=")
+            name = ALIASES.get(name.replace("-", "_"), name.replace("-", "_"))
+            out.append(f"--{name}")
+            if eq:
+                out.append(value)
+        else:
+            out.append(token)
+    return out
+
+
+def explicit_flags(argv: list[str]) -> set[str]:
+    return {token[2:] for token in argv if token.startswith("--")}
+
+
+def reject_unsupported(argv: list[str], known: list[str]) -> None:
+    for name in explicit_flags(argv):
+        if f"--{name}" in known:
+            continue
+        if name in NOT_YET_SUPPORTED:
+            raise UserError(f"--{name} is not supported yet ({NOT_YET_SUPPORTED[name]} are planned); remove the flag")
+        close = difflib.get_close_matches(f"--{name}", known, n=1)
+        hint = f"; did you mean {close[0]}?" if close else "; run 'swift rlhf --help' for the flags"
+        raise UserError(f"unknown flag --{name}{hint}")

@@ -1,0 +1,218 @@
+"""``swift rlhf``: train a policy with a GRPO-family loss (CISPO by default) from the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+
+from ..errors import UserError
+from .args import DataArguments, ModelArguments, RLHFArguments, training_arguments_class
+from .parser import Parser, expand_config_files, explicit_flags, normalise_flags, reject_unsupported
+
+logger = logging.getLogger("swift_cispo")
+
+
+def build_parser() -> Parser:
+    return Parser(
+        (ModelArguments, DataArguments, RLHFArguments, training_arguments_class()),
+        prog="swift rlhf",
+    )
+
+
+def parse(argv: list[str]):
+    """Command line -> (model, data, rlhf, training) argument objects and whether it is the demo."""
+    argv = normalise_flags(expand_config_files(argv))
+    parser = build_parser()
+    if "--help" in argv or "-h" in argv:
+        parser.print_help()
+        raise SystemExit(0)
+    reject_unsupported(argv, parser.flag_names())
+    given = explicit_flags(argv)
+    demo = "model" not in given and "dataset" not in given
+    if demo:
+        from ..demo import DEMO_HPARAMS
+
+        preset = [tok for name, value in DEMO_HPARAMS.items() if name not in given for tok in _as_tokens(name, value)]
+        argv = preset + argv
+    elif "model" not in given:
+        raise UserError("--dataset needs --model (omit both to train the embedded demo)")
+    elif "dataset" not in given:
+        raise UserError("--model needs --dataset (omit both to train the embedded demo)")
+    model_args, data_args, rlhf_args, train_args, remaining = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True
+    )
+    if remaining:
+        raise UserError(f"unexpected argument {remaining[0]!r}; flag values follow their --flag")
+    return model_args, data_args, rlhf_args, train_args, demo
+
+
+def _as_tokens(name: str, value) -> list[str]:
+    values = value if isinstance(value, list) else [value]
+    return [f"--{name}", *(("true" if v else "false") if isinstance(v, bool) else str(v) for v in values)]
+
+
+def resolve_output_dir(requested: str | None, loss_type: str) -> Path:
+    """A new folder for this run; an existing non-empty one is refused so nothing in it is overwritten."""
+    if requested is None:
+        path = Path("output") / f"{loss_type}-{time.strftime('%Y%m%d-%H%M%S')}"
+    else:
+        path = Path(requested).expanduser()
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise UserError(f"output_dir {path} already exists and is not empty; give a new --output_dir so nothing in it is overwritten")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"output_dir {path} is not writable ({err.strerror})") from None
+    return path
+
+
+def check_model_source(source: str) -> None:
+    """Fail fast on a model path that cannot exist, before any dataset or weights are read."""
+    from ..data import _looks_like_hub_id
+
+    if not Path(source).expanduser().exists() and (source.startswith((".", "/", "~")) or not _looks_like_hub_id(source)):
+        raise UserError(f"model path {source} does not exist (give a local model folder or a hub model id)")
+
+
+def load_model_and_tokenizer(model_args: ModelArguments):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = model_args.model
+    check_model_source(source)
+    local = Path(source).expanduser()
+    dtype = "auto" if model_args.torch_dtype == "auto" else getattr(torch, model_args.torch_dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(local) if local.exists() else source, dtype=dtype, trust_remote_code=model_args.trust_remote_code
+        )
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(local) if local.exists() else source, trust_remote_code=model_args.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"could not load model {source}: {reason}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def run(argv: list[str]) -> int:
+    model_args, data_args, rlhf_args, train_args, demo = parse(argv)
+
+    from .. import plugins
+    from ..rewards import reward_function
+
+    plugins.load_plugins(rlhf_args.external_plugins)  # before the config: a plugin may register the loss
+
+    if demo:
+        from ..demo import DEMO_DATASET_PATH, DEMO_HPARAMS, DEMO_MODEL_DIR
+
+        model_args.model = str(DEMO_MODEL_DIR)
+        data_args.dataset = [str(DEMO_DATASET_PATH)]
+        rlhf_args.reward_funcs = rlhf_args.reward_funcs or ["exact_match"]
+        shown = ", ".join(f"{k}={getattr(train_args, k)}" for k in DEMO_HPARAMS)
+        logger.info("no --model/--dataset given: training the embedded demo (%s)", DEMO_DATASET_PATH.name)
+        logger.info("demo settings (override any with its flag): %s", shown)
+    check_model_source(model_args.model)
+    if not rlhf_args.reward_funcs:
+        raise UserError("--reward_funcs is required: name at least one reward (built in: exact_match)")
+    reward_funcs = [reward_function(name) for name in rlhf_args.reward_funcs]
+
+    from ..trainers import GRPOConfig
+
+    output_dir = resolve_output_dir(train_args.output_dir, train_args.loss_type)
+    fields = dataclasses.asdict(train_args)
+    fields["output_dir"] = str(output_dir)
+    if fields["bf16"] is None:  # TRL turns None into True, which fails on a machine without bf16 support
+        import torch
+
+        fields["bf16"] = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    fields["dataloader_pin_memory"] = _has_accelerator()  # pinning is pointless (and warns) on a CPU-only machine
+    try:
+        config = GRPOConfig(**fields)
+    except ValueError as err:
+        _remove_if_empty(output_dir)
+        raise UserError(str(err).strip().splitlines()[0]) from None
+    if config.reward_weights is not None and len(config.reward_weights) != len(reward_funcs):
+        _remove_if_empty(output_dir)
+        raise UserError(
+            f"--reward_weights has {len(config.reward_weights)} values for {len(reward_funcs)} reward functions; give one per function"
+        )
+
+    from ..data import load_datasets
+
+    try:
+        dataset = load_datasets(data_args.dataset, seed=config.seed, system=data_args.system)
+        model, tokenizer = load_model_and_tokenizer(model_args)
+    except UserError:
+        _remove_if_empty(output_dir)
+        raise
+    return _train(model, tokenizer, reward_funcs, config, dataset, output_dir)
+
+
+def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path) -> int:
+    from transformers.trainer_callback import ProgressCallback
+
+    from ..callbacks import CURVES_FILE, METRICS_FILE, MetricsFileCallback
+    from ..trainers import GRPOTrainer
+    from .progress import CompactProgressCallback
+
+    metrics = MetricsFileCallback(output_dir)
+    trainer = GRPOTrainer(
+        model=model,
+        processing_class=tokenizer,
+        reward_funcs=reward_funcs,
+        args=config,
+        train_dataset=dataset,
+        callbacks=[metrics],
+    )
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(CompactProgressCallback)
+    logger.info(
+        "training %s with loss_type=%s (epsilon_high=%s) for %d steps; output: %s",
+        type(model).__name__,
+        config.loss_type,
+        trainer.epsilon_high,
+        trainer.args.max_steps if trainer.args.max_steps > 0 else -1,
+        output_dir,
+    )
+    try:
+        trainer.train()
+    except KeyboardInterrupt:
+        logger.error("interrupted; checkpoints saved so far are in %s", output_dir)
+        return 130
+    trainer.save_model(str(output_dir))
+    if trainer.is_world_process_zero():
+        _summarise(metrics.records, output_dir / METRICS_FILE, output_dir / CURVES_FILE)
+    return 0
+
+
+def _summarise(records: list[dict], metrics_path: Path, curves_path: Path) -> None:
+    rewards = [r["reward"] for r in records if "reward" in r]
+    if rewards:
+        window = max(1, min(5, len(rewards) // 4 or 1))
+        first, last = sum(rewards[:window]) / window, sum(rewards[-window:]) / window
+        logger.info("mean reward: %.3f over the first %d logs -> %.3f over the last %d", first, window, last, window)
+    logger.info("metrics: %s", metrics_path)
+    if curves_path.exists():
+        logger.info("curves: %s", curves_path)
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _remove_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass

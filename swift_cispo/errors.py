@@ -1,0 +1,8 @@
+"""The one exception type meant for users: its message is printed as is, without a traceback."""
+
+
+class UserError(Exception):
+    """Bad input from the user (a flag, a file, a dataset row, a plugin, a reward's output).
+
+    The message is one sentence naming what is wrong and what is allowed.
+    """
