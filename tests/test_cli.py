@@ -1,0 +1,237 @@
+"""``swift rlhf`` run as a subprocess: real training on a tiny model, configs, plugins, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+FAST = [
+    "--max_steps", "2",
+    "--num_generations", "4",
+    "--per_device_train_batch_size", "8",
+    "--max_completion_length", "4",
+    "--learning_rate", "1e-3",
+    "--logging_steps", "1",
+    "--gradient_checkpointing", "false",
+]  # fmt: skip
+
+
+def swift(*args, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run(
+        [sys.executable, "-m", "swift_cispo", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def data_file(tmp_path) -> Path:
+    path = tmp_path / "data.jsonl"
+    rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(4) for b in range(4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def plugin_file(tmp_path) -> Path:
+    path = tmp_path / "my_plugin.py"
+    path.write_text(
+        "from swift_cispo.rewards import ORM, orms\n"
+        "\n"
+        "class ShortAnswer(ORM):\n"
+        "    def __call__(self, completions, answer, **kwargs):\n"
+        "        # dataset columns arrive as keyword arguments, one value per completion\n"
+        "        assert len(answer) == len(completions)\n"
+        "        return [1.0 / (1 + len(c)) for c in completions]\n"
+        "\n"
+        "orms['short_answer'] = ShortAnswer\n"
+    )
+    return path
+
+
+def read_metrics(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "logging.jsonl").read_text().splitlines()]
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    error_lines = [line for line in result.stderr.splitlines() if ": error: " in line]
+    assert len(error_lines) == 1, result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in error_lines[0], error_lines[0]
+    return error_lines[0]
+
+
+# --------------------------------------------------------------------------- training runs
+def test_plugin_reward_trains_and_writes_metrics_and_curves(tmp_path, tiny_model_dir, data_file, plugin_file):
+    out = tmp_path / "run"
+    result = swift(
+        "rlhf", "--rlhf_type", "grpo", "--model", tiny_model_dir, "--dataset", f"{data_file}#24",
+        "--external_plugins", plugin_file, "--reward_funcs", "short_answer", "exact_match",
+        "--reward_weights", "1.0", "0.5", "--loss_type", "cispo", "--epsilon_high", "5.0",
+        "--output_dir", out, *FAST, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = read_metrics(out)
+    steps = [m for m in metrics if "loss" in m]
+    assert [m["step"] for m in steps] == [1, 2]
+    assert all("rewards/short_answer/mean" in m and "rewards/exact_match/mean" in m for m in steps)
+    assert all("cispo_clip_ratio" in m for m in steps)
+    png = out / "training_curves.png"
+    assert png.stat().st_size > 5000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert "loss_type=cispo (epsilon_high=5.0)" in result.stderr
+
+
+def test_yaml_config_with_command_line_override(tmp_path, tiny_model_dir, data_file):
+    config = tmp_path / "cispo.yaml"
+    config.write_text(
+        f"model: {tiny_model_dir}\n"
+        f"dataset: [{data_file}]\n"
+        "reward_funcs: [exact_match]\n"
+        "loss_type: cispo\n"
+        "epsilon_high: 4.0\n"
+        "max_steps: 3\n"
+        "num_generations: 4\n"
+        "per_device_train_batch_size: 8\n"
+        "max_completion_length: 4\n"
+        "logging_steps: 1\n"
+        "gradient_checkpointing: false\n"
+    )
+    out = tmp_path / "yaml_run"
+    result = swift("rlhf", config, "--max_steps", "2", "--output_dir", out, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [m["step"] for m in read_metrics(out) if "loss" in m] == [1, 2]  # the command line won
+    assert "epsilon_high=4.0" in result.stderr  # the file's value was used
+
+    out2 = tmp_path / "config_flag_run"
+    result = swift("rlhf", "--config", config, "--output_dir", out2, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [m["step"] for m in read_metrics(out2) if "loss" in m] == [1, 2, 3]
+
+
+def test_messages_dataset_with_system_prompt_and_custom_loss_plugin(tmp_path, tiny_model_dir):
+    data = tmp_path / "chat.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": f"{a}+{a}="}, {"role": "assistant", "content": str(2 * a)}], "answer": str(2 * a)}
+        for a in range(8)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plugin = tmp_path / "loss_plugin.py"
+    plugin.write_text(
+        "from swift_cispo import LossOutput, register_loss\n"
+        "\n"
+        "@register_loss('plain_reinforce', reduction='global_token_mean')\n"
+        "def plain_reinforce(log_probs, old_log_probs, advantages, mask, config):\n"
+        "    return LossOutput(per_token_loss=-advantages * log_probs)\n"
+    )
+    out = tmp_path / "chat_run"
+    result = swift(
+        "rlhf", "--model", tiny_model_dir, "--dataset", data, "--system", "Add.", "--reward_funcs", "exact_match",
+        "--external_plugins", plugin, "--loss_type", "plain_reinforce", "--output_dir", out, *FAST, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "loss_type=plain_reinforce" in result.stderr
+    assert len([m for m in read_metrics(out) if "loss" in m]) == 2
+
+
+# --------------------------------------------------------------------------- bad input
+def test_unknown_subcommand(tmp_path):
+    assert_clean_error(swift("train", cwd=tmp_path), "unknown subcommand 'train'", "available: rlhf")
+
+
+def test_unknown_flag_suggests_the_right_one(tmp_path):
+    assert_clean_error(swift("rlhf", "--epsilon_hihg", "5", cwd=tmp_path), "unknown flag --epsilon_hihg", "--epsilon_high")
+
+
+def test_flag_of_a_feature_not_built_yet(tmp_path):
+    assert_clean_error(swift("rlhf", "--use_vllm", "true", cwd=tmp_path), "--use_vllm is not supported yet")
+
+
+@pytest.mark.parametrize(
+    "flags,fragments",
+    [
+        (["--epsilon_high", "-1"], ["epsilon_high must be > 0"]),
+        (["--loss_type", "ppo"], ["unknown loss_type 'ppo'", "bnpo, cispo, dapo, dr_grpo, grpo"]),
+        (["--reward_funcs", "accuracy"], ["unknown reward function 'accuracy'", "available: exact_match"]),
+        (["--num_generations", "1", "--per_device_train_batch_size", "4"], ["at least 2 generations"]),
+        (["--num_generations", "two"], ["--num_generations", "invalid int value"]),
+        (["--external_plugins", "missing_plugin.py"], ["plugin file missing_plugin.py does not exist"]),
+        (["--rlhf_type", "dpo"], ["--rlhf_type", "invalid choice"]),
+    ],
+)
+def test_bad_values_end_in_one_sentence(tmp_path, tiny_model_dir, data_file, flags, fragments):
+    base = ["--model", tiny_model_dir, "--dataset", data_file, "--output_dir", tmp_path / "never"]
+    if "--reward_funcs" not in flags:
+        base += ["--reward_funcs", "exact_match"]
+    assert_clean_error(swift("rlhf", *base, *flags, cwd=tmp_path), *fragments)
+    assert not (tmp_path / "never").exists()  # nothing was left behind
+
+
+def test_plugin_with_a_syntax_error(tmp_path, tiny_model_dir, data_file):
+    plugin = tmp_path / "broken.py"
+    plugin.write_text("def reward(:\n    pass\n")
+    result = swift("rlhf", "--model", tiny_model_dir, "--dataset", data_file, "--external_plugins", plugin, cwd=tmp_path)
+    assert_clean_error(result, f"plugin file {plugin} has a syntax error at line 1")
+
+
+def test_missing_and_unparseable_datasets(tmp_path, tiny_model_dir):
+    common = ["--model", tiny_model_dir, "--reward_funcs", "exact_match", "--output_dir", tmp_path / "o"]
+    assert_clean_error(swift("rlhf", *common, "--dataset", "nowhere.jsonl", cwd=tmp_path), "dataset nowhere.jsonl does not exist")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2=", "answer": \n')
+    assert_clean_error(swift("rlhf", *common, "--dataset", bad, cwd=tmp_path), f"dataset {bad} line 2 is not valid JSON")
+    nocol = tmp_path / "nocol.csv"
+    nocol.write_text("question,answer\n1+1=,2\n")
+    assert_clean_error(
+        swift("rlhf", *common, "--dataset", nocol, cwd=tmp_path), "neither a 'prompt' nor a 'messages' column", "question, answer"
+    )
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    assert_clean_error(swift("rlhf", *common, "--dataset", text, cwd=tmp_path), "unsupported extension '.txt'")
+
+
+def test_missing_model_path(tmp_path, data_file):
+    result = swift("rlhf", "--model", "./no_such_model", "--dataset", data_file, "--reward_funcs", "exact_match", cwd=tmp_path)
+    assert_clean_error(result, "model path ./no_such_model does not exist")
+
+
+def test_existing_output_dir_is_never_overwritten(tmp_path, tiny_model_dir, data_file):
+    out = tmp_path / "earlier_run"
+    out.mkdir()
+    (out / "model.safetensors").write_text("precious")
+    result = swift(
+        "rlhf", "--model", tiny_model_dir, "--dataset", data_file, "--reward_funcs", "exact_match",
+        "--output_dir", out, *FAST, cwd=tmp_path,
+    )  # fmt: skip
+    assert_clean_error(result, f"output_dir {out} already exists and is not empty")
+    assert (out / "model.safetensors").read_text() == "precious"
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors"]
+
+
+def test_bad_reward_output_is_reported_with_the_function_name(tmp_path, tiny_model_dir, data_file):
+    plugin = tmp_path / "bad_reward.py"
+    plugin.write_text(
+        "from swift_cispo.rewards import ORM, orms\n"
+        "class Wordy(ORM):\n"
+        "    def __call__(self, completions, **kwargs):\n"
+        "        return ['good'] * len(completions)\n"
+        "orms['wordy'] = Wordy\n"
+    )
+    result = swift(
+        "rlhf", "--model", tiny_model_dir, "--dataset", data_file, "--external_plugins", plugin,
+        "--reward_funcs", "wordy", "--output_dir", tmp_path / "o", *FAST, cwd=tmp_path,
+    )  # fmt: skip
+    assert_clean_error(result, "reward function 'wordy' returned str 'good' for completion 0")

@@ -1,0 +1,133 @@
+"""The trainer and its config, in process: validation, real training steps, off-policy passes."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from datasets import Dataset
+
+from swift_cispo import CISPOTrainer, GRPOConfig, GRPOTrainer
+
+
+def _config(tmp_path, **overrides):
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=4,
+        learning_rate=5e-3,
+        max_steps=3,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        gradient_checkpointing=False,
+        seed=0,
+    )
+    base.update(overrides)
+    return GRPOConfig(**base)
+
+
+def _length_reward(completions, **kwargs):
+    # a reward with spread in every group, so advantages are non-zero and parameters must move
+    return [float(len(c)) + 0.1 * i for i, c in enumerate(completions)]
+
+
+def _dataset():
+    return Dataset.from_dict({"prompt": ["1+2=", "3+4=", "5+5=", "9+1="] * 4})
+
+
+def test_cispo_is_the_default_and_epsilon_high_defaults_to_five(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="swift_cispo"):
+        config = _config(tmp_path)
+    assert config.loss_type == "cispo"
+    assert config.epsilon_high == 5.0
+    assert "capping the importance weight at 5.0" in caplog.text
+    assert CISPOTrainer is GRPOTrainer
+
+
+def test_epsilon_high_validation(tmp_path, caplog):
+    with pytest.raises(ValueError, match="epsilon_high must be > 0 for loss_type=cispo"):
+        _config(tmp_path, epsilon_high=-1.0)
+    with pytest.raises(ValueError, match="epsilon_high must be > 0"):
+        _config(tmp_path, epsilon_high=0.0)
+    with caplog.at_level(logging.WARNING, logger="swift_cispo"):
+        assert _config(tmp_path, epsilon_high=0.5).epsilon_high == 0.5
+    assert "scales the whole gradient down" in caplog.text
+    # for the PPO family epsilon_high keeps TRL's meaning (an offset), falling back to epsilon
+    assert _config(tmp_path, loss_type="dapo").epsilon_high is None
+
+
+def test_loss_type_is_checked_against_the_registry(tmp_path):
+    with pytest.raises(ValueError, match="unknown loss_type 'sapo'; registered loss types: bnpo, cispo, dapo, dr_grpo, grpo"):
+        _config(tmp_path, loss_type="sapo")
+
+
+def test_unsupported_trl_options_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="entropy_coef=0.1 is not supported"):
+        _config(tmp_path, entropy_coef=0.1)
+
+
+@pytest.mark.parametrize("loss_type", ["cispo", "dapo", "grpo"])
+def test_training_steps_change_the_parameters(tiny_model_dir, tmp_path, loss_type):
+    trainer = GRPOTrainer(
+        model=str(tiny_model_dir),
+        reward_funcs=_length_reward,
+        args=_config(tmp_path, loss_type=loss_type),
+        train_dataset=_dataset(),
+    )
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p.detach())]
+    assert len(changed) == len(before), f"unchanged: {set(before) - set(changed)}"
+    logs = [r for r in trainer.state.log_history if "loss" in r]
+    assert len(logs) == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in logs)
+    assert all(r["grad_norm"] > 0 for r in logs)
+
+
+def test_second_pass_over_a_generation_batch_is_off_policy_and_capped(tiny_model_dir, tmp_path):
+    """num_iterations=2: the second pass reuses the first pass's old log-probs, so its ratios leave 1,
+    and with a tiny cap the CISPO weight is visibly clipped."""
+    trainer = GRPOTrainer(
+        model=str(tiny_model_dir),
+        reward_funcs=_length_reward,
+        args=_config(tmp_path, num_iterations=2, max_steps=2, learning_rate=5e-2, epsilon_high=1.0001),
+        train_dataset=_dataset(),
+    )
+    trainer.train()
+    logs = [r for r in trainer.state.log_history if "cispo/importance_weight_mean" in r]
+    first, second = logs[0], logs[1]
+    assert "reward" in first and "reward" not in second  # the second step generated nothing
+    assert first["cispo/importance_weight_mean"] == pytest.approx(1.0, abs=1e-6)  # on-policy: r = 1
+    assert first["cispo_clip_ratio"] == 0.0
+    assert second["cispo/importance_weight_mean"] != pytest.approx(1.0, abs=1e-4)  # ratio departed from 1
+    assert second["cispo_clip_ratio"] > 0.0  # and the cap applied
+
+
+@pytest.mark.parametrize("steps_per_generation,accumulation", [(1, 1), (2, 1), (4, 2), (2, 2)])
+def test_each_micro_batch_carries_its_optimizer_steps_token_count(tiny_model_dir, tmp_path, steps_per_generation, accumulation):
+    trainer = GRPOTrainer(
+        model=str(tiny_model_dir),
+        reward_funcs=_length_reward,
+        args=_config(
+            tmp_path,
+            per_device_train_batch_size=4,
+            steps_per_generation=steps_per_generation,
+            gradient_accumulation_steps=accumulation,
+        ),
+        train_dataset=_dataset(),
+    )
+    lengths = [3, 1, 4, 1, 5, 9, 2, 6]
+    slices = []
+    for k in range(steps_per_generation):
+        mask = torch.zeros(2, 10)
+        for row in range(2):
+            mask[row, : lengths[(2 * k + row) % 8]] = 1
+        slices.append({"completion_mask": mask, "num_items_in_batch": torch.tensor(0.0)})
+    trainer._annotate_window_token_counts(slices)
+    for k, batch in enumerate(slices):
+        window = range((k // accumulation) * accumulation, (k // accumulation + 1) * accumulation)
+        expected = sum(slices[j]["completion_mask"].sum().item() for j in window)
+        assert batch["window_num_tokens"].item() == expected
