@@ -1,0 +1,9 @@
+"""Write docs/cli.md from the argument dataclasses (run after changing a flag)."""
+
+from pathlib import Path
+
+from swift_cispo.cli.reference import render
+
+target = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+target.write_text(render(), encoding="utf-8")
+print(f"wrote {target}")

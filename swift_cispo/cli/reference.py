@@ -1,0 +1,60 @@
+"""The ``swift rlhf`` flag reference (docs/cli.md), rendered from the argument dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+from .args import ALIASES, NOT_YET_SUPPORTED, DataArguments, ModelArguments, RLHFArguments, training_arguments_class
+
+_SECTIONS = (
+    ("Model", ModelArguments),
+    ("Data", DataArguments),
+    ("Algorithm and rewards", RLHFArguments),
+    ("Training (fields of swift_cispo.GRPOConfig)", None),
+)
+
+
+def _type_name(tp) -> str:
+    text = str(tp) if not isinstance(tp, type) else tp.__name__
+    return text.replace("typing.", "").replace("transformers.trainer_utils.", "").replace("NoneType", "None").replace(" | ", " or ")
+
+
+def _default(f: dataclasses.Field) -> str:
+    if f.default_factory is not dataclasses.MISSING:
+        return repr(f.default_factory())
+    value = f.default
+    return "`None`" if value is None else f"`{getattr(value, 'value', value)}`"
+
+
+def render() -> str:
+    lines = [
+        "# `swift rlhf` flags",
+        "",
+        "Generated from the argument dataclasses by `python scripts/gen_cli_reference.py`; a test checks that",
+        "this file is current. Every flag can also be a key of a YAML/JSON config file",
+        "(`swift rlhf config.yaml` or `--config config.yaml`); command-line flags override the file.",
+        "",
+    ]
+    for title, cls in _SECTIONS:
+        cls = cls or training_arguments_class()
+        hints = typing.get_type_hints(cls)
+        lines += [f"## {title}", "", "| flag | type | default | meaning |", "|---|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            help_text = " ".join(str(f.metadata.get("help", "")).split()).replace("|", "\\|")
+            choices = f.metadata.get("choices")
+            if choices:
+                help_text += f" Choices: {', '.join(map(str, choices))}."
+            lines.append(f"| `--{f.name}` | {_type_name(hints[f.name])} | {_default(f)} | {help_text} |")
+        lines.append("")
+    lines += ["## Aliases", ""]
+    lines += [f"- `--{alias}` is `--{name}`" for alias, name in ALIASES.items()]
+    lines += [
+        "",
+        "## Recognised but not available yet",
+        "",
+        "These ms-swift / TRL flags are rejected with a message rather than ignored:",
+        "",
+    ]
+    lines += [f"- `--{name}` ({feature})" for name, feature in sorted(NOT_YET_SUPPORTED.items())]
+    return "\n".join(lines) + "\n"
