@@ -24,10 +24,12 @@ Design, and why:
 * **A weak "base model", deliberately.** RL post-training sharpens what a pretrained model can already sometimes do;
   it does not teach from scratch in a few hundred steps. So the model is briefly pretrained with plain next-token
   cross-entropy on the task, but with *label noise*: each time a problem is seen, its target answer is the true sum
-  only with probability ``--clean_prob`` and otherwise the sum shifted by -2, -1, +1 or +2. The network learns the
-  format (answer digits, then ``<eos>``) and a distribution over answers whose mode is usually right, yet sampling at
-  temperature 1.0 is correct only ~a quarter of the time. That is the starting point where a reward for exact
-  matches can visibly climb, which is the whole point of the demo.
+  only with probability ``--clean_prob`` (0.3) and otherwise the sum off by 1 to ``--max_shift`` (2) either way. The
+  network learns the format (answer digits, then ``<eos>``) and a distribution over answers whose mode is right (greedy
+  accuracy ~0.93), yet sampling at temperature 1.0 is right only ~29% of the time. That is where a reward for exact
+  matches can visibly climb, which is the whole point of the demo. The noise is kept *near* the true sum on purpose:
+  wider noise (off by up to 6 or 10) left the 800-step model unsure of the sums themselves (greedy accuracy 0.4-0.6),
+  which RL cannot fix quickly.
 * **Reproducible.** Fixed seeds, a private ``torch.Generator`` for the noise, deterministic algorithms and a fixed
   thread count, so re-running the script on the same machine and torch build rewrites bit-identical weights (across
   different CPUs, floating-point results may differ in the last bits).
@@ -51,99 +53,21 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen2Tokenizer,
 )
 
 # Run from a source checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from swift_cispo.demo.task import all_problems, make_problems  # noqa: E402
+from swift_cispo.demo.tiny import build_model, build_tokenizer  # noqa: E402
 
-PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
-
-# System message on its own line, then the user's text; the assistant's reply is closed by <eos>. A generation prompt
-# adds nothing, so a conversational prompt renders exactly like the plain-text prompt the model was trained on
-# (e.g. [{"role": "user", "content": "12+7="}] -> "12+7=").
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'system' -%}{{ message['content'] + '\\n' }}"
-    "{%- elif message['role'] == 'assistant' -%}{{ message['content'] + eos_token }}"
-    "{%- else -%}{{ message['content'] }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-)
-
-
-def byte_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map, the alphabet of ``ByteLevel`` pre-tokenizers.
-
-    Printable ASCII maps to itself; space becomes "Ġ", "\\n" becomes "Ċ", and so on.
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    mapping = {b: chr(b) for b in printable}
-    shifted = 0
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + shifted)
-            shifted += 1
-    return mapping
-
-
-def build_tokenizer() -> Qwen2Tokenizer:
-    """Character-level (byte-level) tokenizer: ``<pad>``, ``<eos>``, ``<unk>`` = ids 0, 1, 2, then byte ``b`` = ``b + 3``.
-
-    Why a byte-level BPE with *no merges* rather than a ``WordLevel`` vocabulary of characters: for any checkpoint
-    whose ``config.json`` says ``model_type: qwen2``, transformers 5's ``AutoTokenizer`` ignores the saved tokenizer
-    class and rebuilds the backend as ``Qwen2Tokenizer`` (Qwen's split regex + ``ByteLevel`` pre-tokenizer and
-    decoder) around whatever vocabulary ``tokenizer.json`` holds. A plain character vocabulary then silently loses
-    every space and newline on reload. Building the tokenizer with that very class, on a vocabulary of the 256
-    byte-level symbols and an empty merge list, gives one token per byte (so one per ASCII character) that reloads
-    identically, and round-trips any UTF-8 text. ``<unk>`` is kept as a conventional special but is never produced:
-    every byte has a token.
-    """
-    symbols = byte_to_unicode()
-    vocab = {tok: i for i, tok in enumerate([PAD, EOS, UNK, *(symbols[b] for b in range(256))])}
-    return Qwen2Tokenizer(
-        vocab=vocab,
-        merges=[],  # no merges: every byte stays its own token, so a digit is always exactly one token
-        pad_token=PAD,
-        eos_token=EOS,
-        unk_token=UNK,
-        bos_token=None,  # prompts are fed as-is
-        chat_template=CHAT_TEMPLATE,
-        # Spaces are real characters here; the legacy clean-up would delete those before punctuation.
-        clean_up_tokenization_spaces=False,
-        model_max_length=64,
-    )
-
-
-def build_model(tokenizer: Qwen2Tokenizer) -> Qwen2ForCausalLM:
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=64,
-        max_position_embeddings=64,  # "19+19=" + "38" + <eos> is 9 tokens; 64 leaves room for chat templates
-        tie_word_embeddings=True,  # the embedding matrix is a large share of such a small model
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,  # prompts are fed as-is, with no BOS
-        torch_dtype="float32",
-    )
-    return Qwen2ForCausalLM(config)
-
-
-def noisy_answer(true_sum: int, clean_prob: float, gen: torch.Generator) -> int:
-    """The pretraining target: ``true_sum`` with probability ``clean_prob``, otherwise the sum off by 1 or 2."""
+def noisy_answer(true_sum: int, clean_prob: float, max_shift: int, gen: torch.Generator) -> int:
+    """The pretraining target: ``true_sum`` with probability ``clean_prob``, otherwise off by 1..``max_shift``."""
     if torch.rand((), generator=gen).item() < clean_prob:
         return true_sum
-    shift = [-2, -1, 1, 2][int(torch.randint(4, (), generator=gen))]
-    # Keep targets non-negative (a "-1" would teach an unseen character) by reflecting the shift.
-    return true_sum + shift if true_sum + shift >= 0 else true_sum - shift
+    shift = int(torch.randint(1, max_shift + 1, (), generator=gen))
+    sign = 1 if torch.rand((), generator=gen).item() < 0.5 else -1
+    # Keep targets non-negative (a "-" would teach an unseen character) by reflecting the shift.
+    return true_sum + sign * shift if true_sum + sign * shift >= 0 else true_sum + shift
 
 
 def encode_batch(tokenizer, prompts: list[str], answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,7 +84,7 @@ def encode_batch(tokenizer, prompts: list[str], answers: list[str]) -> tuple[tor
     return input_ids, labels
 
 
-def pretrain(model, tokenizer, *, steps: int, lr: float, clean_prob: float, seed: int) -> None:
+def pretrain(model, tokenizer, *, steps: int, lr: float, clean_prob: float, max_shift: int, seed: int) -> None:
     """Supervised next-token training on the whole problem table per step, with fresh label noise every step."""
     problems = all_problems()
     prompts = [p["prompt"] for p in problems]
@@ -175,7 +99,7 @@ def pretrain(model, tokenizer, *, steps: int, lr: float, clean_prob: float, seed
     )
     model.train()
     for step in range(steps):
-        answers = [str(noisy_answer(s, clean_prob, gen)) for s in sums]
+        answers = [str(noisy_answer(s, clean_prob, max_shift, gen)) for s in sums]
         input_ids, labels = encode_batch(tokenizer, prompts, answers)
         attention_mask = (input_ids != tokenizer.pad_token_id).long()
         loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
@@ -236,7 +160,8 @@ def check(out_dir: Path) -> None:
     # One greedy answer end to end, as a smoke test of generation with the saved configs.
     prompt = tok("12+7=", return_tensors="pt")
     out = model.generate(**prompt, max_new_tokens=4, do_sample=False)
-    print(f"  reload ok; greedy '12+7=' -> {tok.decode(out[0, prompt['input_ids'].shape[1]:], skip_special_tokens=True)!r}")
+    answer = tok.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
+    print(f"  reload ok; greedy '12+7=' -> {answer!r}")
 
 
 def main() -> None:
@@ -244,9 +169,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", type=Path, default=default_dir, help="writes model/ and addition.jsonl here")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=600, help="pretraining steps (full problem table per step)")
+    parser.add_argument("--steps", type=int, default=800, help="pretraining steps (full problem table per step)")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--clean_prob", type=float, default=0.3, help="chance a pretraining target is the true sum")
+    parser.add_argument("--max_shift", type=int, default=2, help="noisy targets are off by 1..max_shift")
     parser.add_argument("--threads", type=int, default=2, help="fixed so that results do not depend on core count")
     args = parser.parse_args()
 
@@ -262,8 +188,19 @@ def main() -> None:
     tokenizer = build_tokenizer()
     model = build_model(tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {n_params:,} parameters; pretraining {args.steps} steps (clean_prob={args.clean_prob})")
-    pretrain(model, tokenizer, steps=args.steps, lr=args.lr, clean_prob=args.clean_prob, seed=args.seed)
+    print(
+        f"model: {n_params:,} parameters; pretraining {args.steps} steps "
+        f"(clean_prob={args.clean_prob}, max_shift={args.max_shift})"
+    )
+    pretrain(
+        model,
+        tokenizer,
+        steps=args.steps,
+        lr=args.lr,
+        clean_prob=args.clean_prob,
+        max_shift=args.max_shift,
+        seed=args.seed,
+    )
     metrics = evaluate(model, tokenizer)
     print(f"base model: {json.dumps({k: round(v, 4) for k, v in metrics.items()})}")
 
@@ -272,6 +209,8 @@ def main() -> None:
     )
     model.save_pretrained(model_dir, safe_serialization=True)
     tokenizer.save_pretrained(model_dir)
+    for path in model_dir.iterdir():
+        path.chmod(0o644)  # safetensors are written 0600; installed package data must be readable by every user
 
     dataset_path = out_dir / "addition.jsonl"
     with dataset_path.open("w") as f:

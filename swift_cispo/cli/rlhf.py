@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -195,11 +194,14 @@ def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path) ->
 
 
 def _summarise(records: list[dict], metrics_path: Path, curves_path: Path) -> None:
-    rewards = [r["reward"] for r in records if "reward" in r]
-    if rewards:
-        window = max(1, min(5, len(rewards) // 4 or 1))
-        first, last = sum(rewards[:window]) / window, sum(rewards[-window:]) / window
-        logger.info("mean reward: %.3f over the first %d logs -> %.3f over the last %d", first, window, last, window)
+    points = [(r["step"], r["reward"]) for r in records if "reward" in r]
+    if points:
+        window = min(5, len(points))
+        last = sum(value for _, value in points[-window:]) / window
+        logger.info(
+            "mean reward: %.3f at step %d -> %.3f (mean of the last %d logs, to step %d)",
+            points[0][1], points[0][0], last, window, points[-1][0],
+        )
     logger.info("metrics: %s", metrics_path)
     if curves_path.exists():
         logger.info("curves: %s", curves_path)
