@@ -16,7 +16,7 @@ _PANELS = (
     ("reward", ("reward",)),
     ("loss", ("loss",)),
     ("entropy", ("entropy",)),
-    ("importance weight", ("cispo/importance_weight_mean", "cispo_clip_ratio", "clip_ratio/region_mean")),
+    ("importance weight", ("cispo/is_weight_mean", "cispo_clip_ratio", "clip_ratio/region_mean")),
 )
 
 

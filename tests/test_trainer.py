@@ -97,12 +97,12 @@ def test_second_pass_over_a_generation_batch_is_off_policy_and_capped(tiny_model
         train_dataset=_dataset(),
     )
     trainer.train()
-    logs = [r for r in trainer.state.log_history if "cispo/importance_weight_mean" in r]
+    logs = [r for r in trainer.state.log_history if "cispo/is_weight_mean" in r]
     first, second = logs[0], logs[1]
     assert "reward" in first and "reward" not in second  # the second step generated nothing
-    assert first["cispo/importance_weight_mean"] == pytest.approx(1.0, abs=1e-6)  # on-policy: r = 1
+    assert first["cispo/is_weight_mean"] == pytest.approx(1.0, abs=1e-6)  # on-policy: r = 1
     assert first["cispo_clip_ratio"] == 0.0
-    assert second["cispo/importance_weight_mean"] != pytest.approx(1.0, abs=1e-4)  # ratio departed from 1
+    assert second["cispo/is_weight_mean"] != pytest.approx(1.0, abs=1e-4)  # ratio departed from 1
     assert second["cispo_clip_ratio"] > 0.0  # and the cap applied
 
 

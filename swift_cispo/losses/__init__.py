@@ -2,16 +2,22 @@
 
 from . import policy  # noqa: F401  (registers the built-in losses)
 from .common import k3_kl, log_importance_ratio
+from .policy import cispo_bounds, ppo_zero_gradient
+from .rollout import ROLLOUT_CORRECTION_MODES, rollout_correction
 from .reduction import REDUCTIONS, ReductionContext
 from .registry import LossConfig, LossOutput, LossSpec, available_losses, get_loss, register_loss
 
 __all__ = [
+    "ROLLOUT_CORRECTION_MODES",
     "LossConfig",
     "LossOutput",
     "LossSpec",
     "REDUCTIONS",
     "ReductionContext",
     "available_losses",
+    "cispo_bounds",
+    "ppo_zero_gradient",
+    "rollout_correction",
     "get_loss",
     "k3_kl",
     "log_importance_ratio",

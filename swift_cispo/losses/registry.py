@@ -36,12 +36,25 @@ class LossConfig:
         delta: optional extra upper clip of the unclipped PPO ratio (INTELLECT-2's two-sided clip).
         importance_sampling_level: ``"token"`` (one ratio per token) or ``"sequence"`` (GSPO: the
             geometric mean of the sequence's token ratios, shared by its tokens).
+        cispo_clip_convention: ``"cap"`` (ms-swift, TRL, ScaleRL): weight ``min(r, epsilon_high)``;
+            ``"offset"`` (MiniMax-M1, NeMo-RL, verl): weight ``clip(r, 1 - cispo_epsilon_low,
+            1 + epsilon_high)``.
+        cispo_epsilon_low: the lower offset of the ``offset`` convention; ``None`` means no floor
+            (MiniMax sets it "large").
+        cispo_token_mask: MiniMax-M1 Eq. 7: drop a token when ``A > 0`` and its ratio is above the
+            upper bound, or ``A < 0`` and below the lower bound (recovers PPO's trust region).
+        dual_clip_c: dual-clip PPO's bound for the PPO-clip losses (``c > 1``): with ``A < 0`` the
+            objective is at least ``c * A``. ``None`` disables it.
     """
 
     epsilon_low: float = 0.2
     epsilon_high: float = 0.2
     delta: float | None = None
     importance_sampling_level: str = "token"
+    cispo_clip_convention: str = "cap"
+    cispo_epsilon_low: float | None = None
+    cispo_token_mask: bool = False
+    dual_clip_c: float | None = None
 
 
 @dataclass
@@ -52,10 +65,12 @@ class LossOutput:
         per_token_loss: ``(B, T)`` (or ``(B, 1)`` for sequence-level losses) loss before reduction.
         metrics: per-token tensors (broadcastable to ``(B, T)``) that the trainer logs as their mean
             over the completion tokens of the whole batch, e.g. a 0/1 "was clipped" indicator.
+        maxima: per-token tensors logged as their maximum over the completion tokens of all ranks.
     """
 
     per_token_loss: torch.Tensor
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    maxima: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class LossFn(Protocol):

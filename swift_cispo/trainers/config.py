@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig as TRLGRPOConfig
 
-from ..losses import available_losses, get_loss
+from ..losses import ROLLOUT_CORRECTION_MODES, available_losses, get_loss
 
 logger = logging.getLogger("swift_cispo")
 
-#: The CISPO cap used when ``epsilon_high`` is not given (ScaleRL's setting; ms-swift's docs too).
-DEFAULT_CISPO_EPSILON_HIGH = 5.0
+#: The CISPO upper bound used when ``epsilon_high`` is not given: a weight ceiling of 5 in either
+#: convention (ScaleRL's cap; SkyRL's and AReaL's offset default of 4.0).
+DEFAULT_CISPO_EPSILON_HIGH = {"cap": 5.0, "offset": 4.0}
 
 # TRL 1.16 options that its own ``_compute_loss`` implements but this trainer's loss path does not
 # (yet). Setting one is an error rather than a silent no-op. Maps field -> its "off" value.
@@ -55,6 +56,51 @@ class GRPOConfig(TRLGRPOConfig):
         },
     )
 
+    cispo_clip_convention: str = field(
+        default="cap",
+        metadata={
+            "help": "How epsilon_high bounds CISPO's importance weight. 'cap' (ms-swift, TRL, ScaleRL): weight = "
+            "min(r, epsilon_high), so 5.0 caps at 5. 'offset' (MiniMax-M1, NeMo-RL, verl): weight = clip(r, 1 - "
+            "cispo_epsilon_low, 1 + epsilon_high), so 5.0 caps at 6.",
+            "choices": ["cap", "offset"],
+        },
+    )
+    cispo_epsilon_low: float | None = field(
+        default=None,
+        metadata={
+            "help": "Offset convention only: the weight's floor is 1 - cispo_epsilon_low (1.0 gives a floor of 0). "
+            "Default: no floor, as MiniMax-M1 sets it 'large'."
+        },
+    )
+    cispo_token_mask: bool = field(
+        default=False,
+        metadata={
+            "help": "MiniMax-M1's unified token mask (Eq. 7) for cispo: drop a token's loss when A > 0 and its ratio "
+            "is above the weight's ceiling, or A < 0 and below its floor. Recovers PPO's trust region."
+        },
+    )
+    dual_clip_c: float | None = field(
+        default=None,
+        metadata={
+            "help": "Dual-clip PPO bound c > 1 for the PPO-clip losses (NeMo-RL's ratio_clip_c): with A < 0 the "
+            "per-token objective is at least c * A. Default: off."
+        },
+    )
+    rollout_importance_sampling_mode: str = field(
+        default="token_truncate",
+        metadata={
+            "help": "Correction for the sampler not being exactly the trainer's old policy, applied whenever sampler "
+            "log-probs exist (vLLM rollouts): each token loss is multiplied by rho = pi_old / pi_sampler, truncated "
+            "or masked at rollout_importance_sampling_threshold, per token or per sequence. Separate from CISPO's "
+            "own weight. 'none' turns it off.",
+            "choices": list(ROLLOUT_CORRECTION_MODES),
+        },
+    )
+    rollout_importance_sampling_threshold: float = field(
+        default=2.0,
+        metadata={"help": "Truncation cap (truncate modes) or cut-off (mask modes) of the rollout correction ratio."},
+    )
+
     def __post_init__(self):
         get_loss(self.loss_type)  # raises with the registered names
         for name, off in _UNSUPPORTED_TRL_OPTIONS.items():
@@ -62,26 +108,58 @@ class GRPOConfig(TRLGRPOConfig):
                 raise ValueError(
                     f"{name}={getattr(self, name)!r} is not supported by swift_cispo's GRPOTrainer; leave it at {off!r}"
                 )
-        if self.loss_type == "cispo":
-            if self.epsilon_high is None:
-                self.epsilon_high = DEFAULT_CISPO_EPSILON_HIGH
-                logger.warning(
-                    "epsilon_high not set for loss_type=cispo: capping the importance weight at %.1f "
-                    "(TRL and ms-swift would fall back to epsilon=%.2f and cap every weight there)",
-                    DEFAULT_CISPO_EPSILON_HIGH,
-                    self.epsilon,
-                )
-            elif self.epsilon_high <= 0:
-                raise ValueError(
-                    f"epsilon_high must be > 0 for loss_type=cispo (it caps the importance weight); got {self.epsilon_high}"
-                )
-            elif self.epsilon_high < 1:
-                logger.warning(
-                    "epsilon_high=%s < 1 for cispo: every importance weight, on-policy ones included, is capped "
-                    "below 1, which scales the whole gradient down; 5.0 is the usual value",
-                    self.epsilon_high,
-                )
+        self._check_cispo_options()
+        if self.dual_clip_c is not None:
+            if self.loss_type == "cispo":
+                raise ValueError("dual_clip_c applies to the PPO-clip losses (grpo, bnpo, dr_grpo, dapo), not to cispo")
+            if self.dual_clip_c <= 1:
+                raise ValueError(f"dual_clip_c must be > 1 (it bounds c * A for negative advantages); got {self.dual_clip_c}")
+        if self.rollout_importance_sampling_mode not in ROLLOUT_CORRECTION_MODES:
+            raise ValueError(
+                f"rollout_importance_sampling_mode must be one of {', '.join(ROLLOUT_CORRECTION_MODES)}; "
+                f"got {self.rollout_importance_sampling_mode!r}"
+            )
+        if self.rollout_importance_sampling_threshold <= 0:
+            raise ValueError(f"rollout_importance_sampling_threshold must be > 0; got {self.rollout_importance_sampling_threshold}")
         super().__post_init__()
+
+    def _check_cispo_options(self) -> None:
+        if self.cispo_clip_convention not in ("cap", "offset"):
+            raise ValueError(f"cispo_clip_convention must be 'cap' or 'offset'; got {self.cispo_clip_convention!r}")
+        if self.loss_type != "cispo":
+            return
+        convention = self.cispo_clip_convention
+        if self.epsilon_high is None:
+            self.epsilon_high = DEFAULT_CISPO_EPSILON_HIGH[convention]
+            ceiling = self.epsilon_high if convention == "cap" else 1 + self.epsilon_high
+            logger.warning(
+                "epsilon_high not set for loss_type=cispo: capping the importance weight at %.1f "
+                "(TRL and ms-swift would fall back to epsilon=%.2f and cap every weight there)",
+                ceiling,
+                self.epsilon,
+            )
+        elif convention == "cap" and self.epsilon_high <= 0:
+            raise ValueError(
+                f"epsilon_high must be > 0 for loss_type=cispo (it caps the importance weight); got {self.epsilon_high}"
+            )
+        elif convention == "offset" and self.epsilon_high <= -1:
+            raise ValueError(f"epsilon_high must be > -1 in the offset convention (ceiling 1 + epsilon_high > 0); got {self.epsilon_high}")
+        elif convention == "cap" and self.epsilon_high < 1:
+            logger.warning(
+                "epsilon_high=%s < 1 for cispo: every importance weight, on-policy ones included, is capped "
+                "below 1, which scales the whole gradient down; 5.0 is the usual value",
+                self.epsilon_high,
+            )
+        if self.cispo_epsilon_low is not None:
+            if convention != "offset":
+                raise ValueError("cispo_epsilon_low sets the weight's floor in the offset convention; add --cispo_clip_convention offset")
+            if self.cispo_epsilon_low < 0:
+                raise ValueError(f"cispo_epsilon_low must be >= 0 (the floor 1 - cispo_epsilon_low is at most 1); got {self.cispo_epsilon_low}")
+        if self.importance_sampling_level == "sequence":
+            logger.warning(
+                "importance_sampling_level=sequence with cispo: each sequence shares one (GSPO) ratio, but the loss is "
+                "still a token mean, so a sequence counts in proportion to its length; see docs/cispo.md"
+            )
 
 
 __all__ = ["GRPOConfig", "DEFAULT_CISPO_EPSILON_HIGH", "available_losses"]

@@ -18,7 +18,7 @@ import logging
 import torch
 from trl import GRPOTrainer as TRLGRPOTrainer
 
-from ..losses import LossConfig, ReductionContext, get_loss, k3_kl, log_importance_ratio
+from ..losses import LossConfig, ReductionContext, get_loss, k3_kl, log_importance_ratio, rollout_correction
 from ..losses.reduction import REDUCTIONS
 from .config import GRPOConfig
 
@@ -46,6 +46,10 @@ class GRPOTrainer(TRLGRPOTrainer):
             epsilon_high=self.epsilon_high,
             delta=self.args.delta,
             importance_sampling_level=self.args.importance_sampling_level,
+            cispo_clip_convention=self.args.cispo_clip_convention,
+            cispo_epsilon_low=self.args.cispo_epsilon_low,
+            cispo_token_mask=self.args.cispo_token_mask,
+            dual_clip_c=self.args.dual_clip_c,
         )
         # The exact window count needs every optimizer step to lie inside one generation batch.
         self._exact_window = self.args.steps_per_generation % self.args.gradient_accumulation_steps == 0
@@ -110,8 +114,10 @@ class GRPOTrainer(TRLGRPOTrainer):
         per_token_loss = out.per_token_loss
         if self.top_entropy_quantile < 1.0:
             per_token_loss = per_token_loss * self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
-        if "importance_sampling_ratio" in inputs:  # sampler-vs-trainer correction, separate from the loss's own weight
-            per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]
+        rollout_weight = self._rollout_correction(inputs, old_log_probs, mask)
+        if rollout_weight is not None:  # sampler-vs-trainer correction, separate from the loss's own weight
+            per_token_loss = per_token_loss * rollout_weight
+            self._log_token_means(mode, mask, **{"rollout_is/weight_mean": rollout_weight})
         if self.beta != 0.0:
             per_token_kl = k3_kl(log_probs, inputs["ref_per_token_logps"])
             if self.args.use_bias_correction_kl:
@@ -133,6 +139,7 @@ class GRPOTrainer(TRLGRPOTrainer):
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
 
         self._log_token_means(mode, mask, entropy=entropies, **out.metrics)
+        self._log_token_maxima(mode, mask, **out.maxima)
         if self.beta != 0.0:
             self._log_token_means(mode, mask, kl=per_token_kl)
         return loss
@@ -146,6 +153,34 @@ class GRPOTrainer(TRLGRPOTrainer):
         count = totals[-1].clamp(min=1.0)
         for name, total in zip(values, totals[:-1]):
             self._metrics[mode][name].append((total / count).item())
+
+
+    def _rollout_correction(self, inputs: dict, old_log_probs: torch.Tensor, mask: torch.Tensor):
+        """pi_old / pi_sampler, truncated or masked, when the sampler reported its log-probs (else None).
+
+        Replaces TRL's own vLLM ratio (``importance_sampling_ratio``), so it is never applied twice.
+        """
+        sampler_log_probs = inputs.get("sampling_per_token_logps")
+        mode = self.args.rollout_importance_sampling_mode
+        if sampler_log_probs is None or mode == "none":
+            return None
+        return rollout_correction(
+            old_log_probs, sampler_log_probs, mask, mode, self.args.rollout_importance_sampling_threshold
+        )
+
+    def _log_token_maxima(self, mode: str, mask: torch.Tensor, **values: torch.Tensor) -> None:
+        """Log each value's maximum over the completion tokens of all ranks (one reduce for all)."""
+        if not values:
+            return
+        lowest = torch.finfo(torch.float32).min
+        maxima = [
+            torch.where(mask.bool(), v.detach().expand_as(mask).float(), torch.full_like(mask, lowest, dtype=torch.float32)).max()
+            for v in values.values()
+        ]
+        gathered = self.accelerator.gather(torch.stack(maxima)).view(self.accelerator.num_processes, -1)
+        for name, value in zip(values, gathered.max(0).values):
+            if value.item() > lowest:
+                self._metrics[mode][name].append(value.item())
 
 
 def _loss_mask(inputs: dict) -> torch.Tensor:
