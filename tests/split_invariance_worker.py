@@ -9,9 +9,14 @@ under ``torchrun --nproc_per_node 2`` (2 processes, gloo). ``--runs`` is a JSON 
 A loss name is a registered ``loss_type``, optionally followed by ``@microbatch_norm`` (the negative
 control: ``global_token_mean`` replaced by a per-micro-batch token mean, open-instruct's bug).
 
-For every run and loss, rank 0 writes ``OUT/<name>__<loss>.pt``: a dict ``{parameter name: delta}``
-with ``delta = param_after - param_before`` of ONE SGD step (lr 1, no clipping, no weight decay),
-i.e. ``-grad`` of that optimizer step; and ``OUT/meta.pt`` describing the fixed rollout.
+For every run and loss, rank 0 writes ``OUT/<name>__<loss>.pt``: a dict with ``delta``
+(``{parameter name: param_after - param_before}`` of ONE SGD step -- lr 1, no clipping, no weight
+decay -- i.e. ``-grad`` of that optimizer step), ``world``, ``rows_seen`` (rank 0's pool rows per
+generation round) and ``window_counts`` (the ``window_num_tokens`` each of rank 0's micro-batches
+carried into ``_compute_loss``); and ``OUT/meta.pt`` describing the fixed rollout.
+
+The model is float64, but TRL 1.16's fused LM head computes log-probs in float32, so identical
+math in different batch shapes agrees to ~1e-7 relative, not ~1e-12.
 
 The rollout (see ``fixed_rows``): a pool of rows with prompt length 4 and completion length 6.
 Rows ``0..15`` ("S", the step rows) have unequal completion lengths (1 to 6 tokens); the remaining
@@ -187,6 +192,13 @@ def main() -> None:
             super().__init__(*a, **kw)
             self._round = 0
             self.rows_seen: list[list[int]] = []
+            self.window_counts: list[float | None] = []
+
+        def _compute_loss(self, model, inputs):
+            # record what the trainer annotated, to name the culprit when a gradient differs
+            count = inputs.get("window_num_tokens")
+            self.window_counts.append(None if count is None else float(count))
+            return super()._compute_loss(model, inputs)
 
         def _generate_and_score_completions(self, inputs):
             world_size = self.accelerator.num_processes
@@ -274,7 +286,12 @@ def main() -> None:
                 assert all(d.dtype == torch.float64 for d in delta.values())
                 if rank == 0:
                     torch.save(
-                        {"delta": delta, "world": world, "rows_seen": trainer.rows_seen},
+                        {
+                            "delta": delta,
+                            "world": world,
+                            "rows_seen": trainer.rows_seen,
+                            "window_counts": trainer.window_counts,
+                        },
                         out / f"{run['name']}__{loss_name}.pt",
                     )
                 trainer.accelerator.wait_for_everyone()

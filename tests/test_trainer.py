@@ -25,6 +25,7 @@ def _config(tmp_path, **overrides):
         save_strategy="no",
         gradient_checkpointing=False,
         seed=0,
+        bf16=False,
     )
     base.update(overrides)
     return GRPOConfig(**base)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 
 import pytest
 import torch
@@ -34,6 +36,7 @@ def _make_trainers(model_dir, tmp_path, loss_type, **overrides):
         use_cpu=True,
         save_strategy="no",
         gradient_accumulation_steps=2,
+        bf16=False,  # TRL would autocast to bf16 on the CPU; parity is checked in full precision
         **overrides,
     )
     ours = GRPOTrainer(
@@ -43,10 +46,11 @@ def _make_trainers(model_dir, tmp_path, loss_type, **overrides):
         train_dataset=dataset,
         processing_class=tokenizer,
     )
+    trl_fields = {f.name for f in dataclasses.fields(trl.GRPOConfig)}
     theirs = trl.GRPOTrainer(
         model=copy.deepcopy(model),
         reward_funcs=_reward,
-        args=trl.GRPOConfig(output_dir=str(tmp_path / "theirs"), **kwargs),
+        args=trl.GRPOConfig(output_dir=str(tmp_path / "theirs"), **{k: v for k, v in kwargs.items() if k in trl_fields}),
         train_dataset=dataset,
         processing_class=tokenizer,
     )
@@ -101,8 +105,12 @@ def test_gradients_equal_trl(tiny_model_dir, tmp_path, loss_type, beta):
     their_loss, their_grads = _grads(theirs, inputs)
     assert our_grads.keys() == their_grads.keys() and len(our_grads) > 10
     assert torch.equal(our_loss, their_loss), (our_loss, their_loss)
+    # The policy loss is bit for bit TRL's. The KL's bias-correction ratio is computed with padded
+    # positions zeroed before exp (so garbage padding cannot turn into NaN gradients): with beta > 0
+    # the gradients then agree to float32 rounding.
+    tolerance = dict(rtol=0, atol=0) if beta == 0 else dict(rtol=1e-6, atol=1e-6)
     for name in our_grads:
-        torch.testing.assert_close(our_grads[name], their_grads[name], rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(our_grads[name], their_grads[name], **tolerance, msg=name)
     # the batch really was off-policy: TRL logged clipping (PPO family) or capping (cispo)
     logged = theirs._metrics["train"]
     clipped = logged["cispo_clip_ratio"] if loss_type == "cispo" else logged["clip_ratio/region_mean"]
@@ -113,3 +121,54 @@ def test_gradients_equal_trl(tiny_model_dir, tmp_path, loss_type, beta):
     else:
         assert ours_logged["clip_ratio/region_mean"][-1] == pytest.approx(clipped[-1])
     assert ours_logged["entropy"][-1] == pytest.approx(logged["entropy"][-1], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "mode,threshold,factor",
+    [("token_truncate", 2.0, 1.5), ("token_truncate", 1.2, 1.2), ("token_mask", 1.2, 0.0), ("none", 2.0, 1.0)],
+)
+def test_rollout_correction_scales_the_gradient(tiny_model_dir, tmp_path, mode, threshold, factor):
+    """Sampler log-probs given directly: with pi_old / pi_sampler = 1.5 on every token the CISPO
+    gradient (linear in the per-token weight) is exactly factor x the uncorrected one."""
+    ours, _ = _make_trainers(
+        tiny_model_dir, tmp_path, "cispo", rollout_importance_sampling_mode=mode,
+        rollout_importance_sampling_threshold=threshold,
+    )  # fmt: skip
+    inputs = _batch(ours.model)
+    _, plain = _grads(ours, inputs)
+    corrected_inputs = dict(inputs, sampling_per_token_logps=inputs["old_per_token_logps"] - math.log(1.5))
+    _, corrected = _grads(ours, corrected_inputs)
+    for name in plain:
+        torch.testing.assert_close(corrected[name], plain[name] * factor, rtol=1e-4, atol=1e-6)
+    if mode != "none":
+        assert ours._metrics["train"]["rollout_is/weight_mean"][-1] == pytest.approx(factor)
+
+
+def test_fp32_lm_head(tiny_model_dir, tmp_path):
+    """MiniMax-M1's precision fix: a bf16 model whose LM head runs in fp32 gives log-probs closer to
+    the float64 truth than the same model with a bf16 head."""
+    from transformers import AutoModelForCausalLM
+
+    inputs = _batch(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32))
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
+    keep = inputs["completion_ids"].size(1)
+    truth = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64)
+    with torch.no_grad():
+        logits = truth(ids).logits[:, -keep - 1 : -1]
+        exact = torch.log_softmax(logits, -1).gather(-1, inputs["completion_ids"].unsqueeze(-1)).squeeze(-1)
+    errors = {}
+    for fp32_head in (False, True):
+        trainer = GRPOTrainer(
+            model=AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16),
+            reward_funcs=_reward,
+            args=GRPOConfig(
+                output_dir=str(tmp_path / str(fp32_head)), per_device_train_batch_size=4, num_generations=2,
+                max_completion_length=5, report_to="none", use_cpu=True, bf16=True, cast_lm_head_to_fp32=fp32_head,
+            ),
+            train_dataset=Dataset.from_dict({"prompt": ["1+2="] * 8}),
+        )  # fmt: skip
+        assert (trainer.model.lm_head.weight.dtype == torch.float32) == fp32_head
+        with torch.no_grad():
+            logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, torch.ones_like(ids), keep)
+        errors[fp32_head] = (logps.double() - exact).abs().max().item()
+    assert errors[True] < errors[False], errors

@@ -46,6 +46,11 @@ def _config_to_argv(path_str: str) -> list[str]:
         raise UserError(f"config file {path_str} must hold a mapping of flag: value pairs, not a {type(data).__name__}")
     argv: list[str] = []
     for key, value in data.items():
+        if key == "loss_fn" and isinstance(value, dict):  # NeMo-RL's loss block, taken verbatim
+            from .nemo import loss_fn_to_flags
+
+            argv.extend(loss_fn_to_flags(value, f"config file {path_str}"))
+            continue
         if isinstance(value, dict):
             raise UserError(f"config file {path_str}: '{key}' holds a nested block, which is not a known flag")
         if value is None:

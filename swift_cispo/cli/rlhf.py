@@ -129,10 +129,6 @@ def run(argv: list[str]) -> int:
     output_dir = resolve_output_dir(train_args.output_dir, train_args.loss_type)
     fields = dataclasses.asdict(train_args)
     fields["output_dir"] = str(output_dir)
-    if fields["bf16"] is None:  # TRL turns None into True, which fails on a machine without bf16 support
-        import torch
-
-        fields["bf16"] = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     fields["dataloader_pin_memory"] = _has_accelerator()  # pinning is pointless (and warns) on a CPU-only machine
     try:
         config = GRPOConfig(**fields)

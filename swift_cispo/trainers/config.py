@@ -121,6 +121,12 @@ class GRPOConfig(TRLGRPOConfig):
             )
         if self.rollout_importance_sampling_threshold <= 0:
             raise ValueError(f"rollout_importance_sampling_threshold must be > 0; got {self.rollout_importance_sampling_threshold}")
+        if self.bf16 is None:
+            # TRL turns None into True, which on a machine without a bf16 GPU means a CPU autocast
+            # (slow, and bf16 rounding in the log-probs); mixed precision only where the GPU has it.
+            import torch
+
+            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.use_cpu
         super().__post_init__()
 
     def _check_cispo_options(self) -> None:
