@@ -171,10 +171,10 @@ def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path) ->
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(CompactProgressCallback)
     logger.info(
-        "training %s with loss_type=%s (epsilon_high=%s) for %d steps; output: %s",
+        "training %s with loss_type=%s (%s) for %d steps; output: %s",
         type(model).__name__,
         config.loss_type,
-        trainer.epsilon_high,
+        describe_objective(trainer),
         trainer.args.max_steps if trainer.args.max_steps > 0 else -1,
         output_dir,
     )
@@ -187,6 +187,26 @@ def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path) ->
     if trainer.is_world_process_zero():
         _summarise(metrics.records, output_dir / METRICS_FILE, output_dir / CURVES_FILE)
     return 0
+
+
+def describe_objective(trainer) -> str:
+    """The loss's effective clip, in words a user can check against the framework they come from."""
+    from ..losses import cispo_bounds
+
+    args, cfg = trainer.args, trainer.loss_config
+    if args.loss_type == "cispo":
+        low, high = cispo_bounds(cfg)
+        floor = "no floor" if low is None else f"floor {low:g}"
+        text = f"epsilon_high={cfg.epsilon_high:g}: importance weight clipped to [{floor}, {high:g}], {cfg.cispo_clip_convention} convention"
+        if cfg.cispo_token_mask:
+            text += ", unified token mask"
+    else:
+        text = f"ratio clipped to [{1 - cfg.epsilon_low:g}, {1 + cfg.epsilon_high:g}]"
+        if cfg.dual_clip_c is not None:
+            text += f", dual clip c={cfg.dual_clip_c:g}"
+    if cfg.importance_sampling_level == "sequence":
+        text += ", sequence-level ratios"
+    return text
 
 
 def _summarise(records: list[dict], metrics_path: Path, curves_path: Path) -> None:

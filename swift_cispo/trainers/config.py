@@ -108,6 +108,8 @@ class GRPOConfig(TRLGRPOConfig):
                 raise ValueError(
                     f"{name}={getattr(self, name)!r} is not supported by swift_cispo's GRPOTrainer; leave it at {off!r}"
                 )
+        if self.importance_sampling_level not in ("token", "sequence"):
+            raise ValueError(f"importance_sampling_level must be 'token' or 'sequence'; got {self.importance_sampling_level!r}")
         self._check_cispo_options()
         if self.dual_clip_c is not None:
             if self.loss_type == "cispo":
