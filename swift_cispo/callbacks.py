@@ -16,7 +16,8 @@ _PANELS = (
     ("reward", ("reward",)),
     ("loss", ("loss",)),
     ("entropy", ("entropy",)),
-    ("importance weight", ("cispo/is_weight_mean", "cispo_clip_ratio", "clip_ratio/region_mean")),
+    ("importance weight", ("cispo/is_weight_mean", "rollout_is/weight_mean")),
+    ("clipping", ("cispo_clip_ratio", "cispo/kept_where_ppo_zeroes", "clip_ratio/region_mean")),
 )
 
 
