@@ -40,7 +40,7 @@ in float32, so identical math in different batch shapes agrees to ~1e-8..1e-7, n
 
 What is and is not invariant:
 
-- ``cispo``, ``dapo`` (``global_token_mean``): invariant in every configuration with SPG a multiple of GA.
+- ``cispo``, ``dapo`` (``global_token_mean``): invariant in every configuration, SPG < GA included.
 - ``grpo`` (``sequence_mean``), ``dr_grpo`` (``constant_length``): invariant because every
   micro-batch holds the same number of sequences.
 - ``bnpo`` (``batch_token_mean``) divides by the LOCAL micro-batch's token count: that is its
@@ -48,11 +48,9 @@ What is and is not invariant:
 - Negative control: ``cispo@microbatch_norm`` swaps ``global_token_mean`` for a per-micro-batch token
   mean (open-instruct's bug). It equals the reference when there is one micro-batch in one process,
   and must differ by > 1e-3 otherwise: the test can fail.
-- SPG < GA (an optimizer step spans several generation batches): the trainer cannot know the
-  tokens of generation batches not yet generated when it back-propagates the first micro-batch, so
-  it falls back to TRL's estimate ``num_items_in_batch * GA / SPG`` (it warns). That is exact only
-  for equal generation-batch token counts; with unequal lengths cispo/dapo are NOT invariant there.
-  Those cases are ``xfail(strict=True)``: a documented limitation, flagged if it ever gets fixed.
+- SPG < GA (an optimizer step spans several generation batches): the trainer prepares every
+  micro-batch of the optimizer step before its first backward (``GRPOTrainer.get_batch_samples``),
+  so the step's token count is exact there too.
 """
 
 from __future__ import annotations
@@ -189,14 +187,6 @@ def _cases():
             if loss not in INVARIANT:
                 continue
             marks = []
-            if spg < ga and loss in GLOBAL_TOKEN_MEAN:
-                marks.append(
-                    pytest.mark.xfail(
-                        strict=True,
-                        reason="SPG < GA: the optimizer step spans generation batches not yet generated, so the "
-                        "trainer uses TRL's estimate num_items_in_batch * GA / SPG (exact only for equal lengths)",
-                    )
-                )
             yield pytest.param(name, loss, marks=marks, id=f"{name}-{loss}")
 
 
@@ -211,7 +201,7 @@ def test_gradient_is_split_invariant(results, config, loss):
 
 
 @pytest.mark.parametrize(
-    "config", [name for name, (_, ga, spg, _, _) in CONFIGS.items() if spg % ga == 0]
+    "config", list(CONFIGS)
 )
 def test_window_token_count_is_the_global_step_count(results, config):
     """Where the window is exact (SPG a multiple of GA), every micro-batch carries the step's global count."""

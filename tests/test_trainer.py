@@ -105,30 +105,3 @@ def test_second_pass_over_a_generation_batch_is_off_policy_and_capped(tiny_model
     assert first["cispo_clip_ratio"] == 0.0
     assert second["cispo/is_weight_mean"] != pytest.approx(1.0, abs=1e-4)  # ratio departed from 1
     assert second["cispo_clip_ratio"] > 0.0  # and the cap applied
-
-
-@pytest.mark.parametrize("steps_per_generation,accumulation", [(1, 1), (2, 1), (4, 2), (2, 2)])
-def test_each_micro_batch_carries_its_optimizer_steps_token_count(tiny_model_dir, tmp_path, steps_per_generation, accumulation):
-    trainer = GRPOTrainer(
-        model=str(tiny_model_dir),
-        reward_funcs=_length_reward,
-        args=_config(
-            tmp_path,
-            per_device_train_batch_size=4,
-            steps_per_generation=steps_per_generation,
-            gradient_accumulation_steps=accumulation,
-        ),
-        train_dataset=_dataset(),
-    )
-    lengths = [3, 1, 4, 1, 5, 9, 2, 6]
-    slices = []
-    for k in range(steps_per_generation):
-        mask = torch.zeros(2, 10)
-        for row in range(2):
-            mask[row, : lengths[(2 * k + row) % 8]] = 1
-        slices.append({"completion_mask": mask, "num_items_in_batch": torch.tensor(0.0)})
-    trainer._annotate_window_token_counts(slices)
-    for k, batch in enumerate(slices):
-        window = range((k // accumulation) * accumulation, (k // accumulation + 1) * accumulation)
-        expected = sum(slices[j]["completion_mask"].sum().item() for j in window)
-        assert batch["window_num_tokens"].item() == expected

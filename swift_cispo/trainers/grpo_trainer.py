@@ -14,6 +14,7 @@ the token count MiniMax-M1's objective names rather than an estimate of it.
 from __future__ import annotations
 
 import logging
+from collections import deque
 
 import torch
 from trl import GRPOTrainer as TRLGRPOTrainer
@@ -51,42 +52,50 @@ class GRPOTrainer(TRLGRPOTrainer):
             cispo_token_mask=self.args.cispo_token_mask,
             dual_clip_c=self.args.dual_clip_c,
         )
-        # The exact window count needs every optimizer step to lie inside one generation batch.
-        self._exact_window = self.args.steps_per_generation % self.args.gradient_accumulation_steps == 0
-        if not self._exact_window and self.loss_spec.reduction == "global_token_mean":
-            logger.warning(
-                "steps_per_generation (%d) is not a multiple of gradient_accumulation_steps (%d): an optimizer step "
-                "spans several generation batches, so its token count is estimated as TRL does (exact when "
-                "completions have equal lengths)",
-                self.args.steps_per_generation,
-                self.args.gradient_accumulation_steps,
-            )
+        self._window_inputs: deque = deque()  # the current optimizer step's prepared micro-batches
+        # Metrics of the current optimizer step, accumulated over its micro-batches and logged once:
+        # name -> [sum, token count] for means, name -> max for maxima.
+        self._window_sums: dict[str, list] = {}
+        self._window_maxima: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ batching
-    def _prepare_inputs(self, generation_batch):
-        buffered_before = self._buffered_inputs
-        inputs = super()._prepare_inputs(generation_batch)
-        if not self.model.training:
-            inputs["window_num_tokens"] = inputs["num_items_in_batch"].float()
-        elif self._buffered_inputs is not buffered_before:  # a new generation batch was just split
-            self._annotate_window_token_counts(self._buffered_inputs)
-        return inputs
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Fetch the coming optimizer step's batches (transformers does this up front) and prepare them.
 
-    def _annotate_window_token_counts(self, slices: list[dict]) -> None:
-        """Store in each micro-batch the global completion-token count of its optimizer step."""
-        accumulation = self.args.gradient_accumulation_steps
-        if not self._exact_window:
-            # An optimizer step covers accumulation / steps_per_generation generation batches.
-            for batch in slices:
-                batch["window_num_tokens"] = (
-                    batch["num_items_in_batch"].float() * accumulation / self.args.steps_per_generation
-                )
-            return
-        local_counts = torch.stack([_loss_mask(batch).sum() for batch in slices]).float()
-        global_counts = self.accelerator.reduce(local_counts, reduction="sum")
-        window_counts = global_counts.view(-1, accumulation).sum(-1)
-        for index, batch in enumerate(slices):
-            batch["window_num_tokens"] = window_counts[index // accumulation]
+        Every micro-batch of the step is generated, scored and sliced *now*, before its first
+        backward, so that the step's global completion-token count is known exactly whatever the
+        split: steps_per_generation smaller or larger than gradient_accumulation_steps, any
+        num_iterations, any number of processes. No optimizer step happens inside a window, so
+        these rollouts come from the same weights as if they were generated one micro-batch at a time.
+        """
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if batch_samples:  # only the training loop calls this
+            self.model.train()  # training_step would do it next; TRL's generation path reads this flag
+            self._window_inputs = self._prepare_window(batch_samples)
+        return batch_samples, num_items_in_batch
+
+    def _prepare_window(self, raw_batches: list) -> deque:
+        first_step = self._step
+        prepared = []
+        try:
+            for offset, raw in enumerate(raw_batches):
+                self._step = first_step + offset  # TRL decides from _step when to generate and which slice to take
+                prepared.append(dict(super()._prepare_inputs(raw)))  # a copy: buffered slices are reused
+        finally:
+            self._step = first_step
+        local_tokens = torch.stack([_loss_mask(batch).sum() for batch in prepared]).sum().double()
+        window_tokens = self.accelerator.reduce(local_tokens, reduction="sum")
+        for batch in prepared:
+            batch["window_num_tokens"] = window_tokens
+        return deque(prepared)
+
+    def _prepare_inputs(self, generation_batch):
+        if self.model.training and self._window_inputs:
+            return self._window_inputs.popleft()  # prepared by get_batch_samples, in order
+        inputs = super()._prepare_inputs(generation_batch)
+        if not self.model.training:  # evaluation: no accumulation, the batch is its own window
+            inputs["window_num_tokens"] = inputs["num_items_in_batch"].double()
+        return inputs
 
     # ------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs):
@@ -142,18 +151,19 @@ class GRPOTrainer(TRLGRPOTrainer):
         self._log_token_maxima(mode, mask, **out.maxima)
         if self.beta != 0.0:
             self._log_token_means(mode, mask, kl=per_token_kl)
+        self._flush_window_metrics(mode)
         return loss
 
     def _log_token_means(self, mode: str, mask: torch.Tensor, **values: torch.Tensor) -> None:
-        """Log each value's mean over the completion tokens of all ranks (one reduce for all of them)."""
+        """Accumulate each value's sum over the completion tokens (all ranks) for this optimizer step."""
         if not values:
             return
         sums = [(v.detach().expand_as(mask) * mask).sum() for v in values.values()]
-        totals = self.accelerator.reduce(torch.stack([*sums, mask.sum()]).float(), reduction="sum")
-        count = totals[-1].clamp(min=1.0)
+        totals = self.accelerator.reduce(torch.stack([*sums, mask.sum()]).double(), reduction="sum")
         for name, total in zip(values, totals[:-1]):
-            self._metrics[mode][name].append((total / count).item())
-
+            entry = self._window_sums.setdefault(name, [0.0, 0.0])
+            entry[0] += total.item()
+            entry[1] += totals[-1].item()
 
     def _rollout_correction(self, inputs: dict, old_log_probs: torch.Tensor, mask: torch.Tensor):
         """pi_old / pi_sampler, truncated or masked, when the sampler reported its log-probs (else None).
@@ -169,7 +179,7 @@ class GRPOTrainer(TRLGRPOTrainer):
         )
 
     def _log_token_maxima(self, mode: str, mask: torch.Tensor, **values: torch.Tensor) -> None:
-        """Log each value's maximum over the completion tokens of all ranks (one reduce for all)."""
+        """Accumulate each value's maximum over the completion tokens (all ranks) for this optimizer step."""
         if not values:
             return
         lowest = torch.finfo(torch.float32).min
@@ -180,7 +190,17 @@ class GRPOTrainer(TRLGRPOTrainer):
         gathered = self.accelerator.gather(torch.stack(maxima)).view(self.accelerator.num_processes, -1)
         for name, value in zip(values, gathered.max(0).values):
             if value.item() > lowest:
-                self._metrics[mode][name].append(value.item())
+                self._window_maxima[name] = max(self._window_maxima.get(name, lowest), value.item())
+
+    def _flush_window_metrics(self, mode: str) -> None:
+        """After the step's last micro-batch (or any eval batch), log one token-weighted value per metric."""
+        if mode == "train" and self._window_inputs:
+            return  # more micro-batches of this optimizer step to come
+        for name, (total, count) in self._window_sums.items():
+            self._metrics[mode][name].append(total / max(count, 1.0))
+        for name, value in self._window_maxima.items():
+            self._metrics[mode][name].append(value)
+        self._window_sums, self._window_maxima = {}, {}
 
 
 def _loss_mask(inputs: dict) -> torch.Tensor:
