@@ -212,12 +212,22 @@ def test_global_token_mean_is_invariant_to_the_split(name):
         torch.testing.assert_close(grad, whole, rtol=1e-12, atol=1e-15)
 
 
-def test_sequence_level_ratio_is_the_geometric_mean_of_the_token_ratios():
+@pytest.mark.parametrize("cap", [100.0, 1.05])
+def test_sequence_level_ratio_is_the_geometric_mean_of_the_token_ratios(cap):
+    """GSPO's ratio for CISPO: every token of sequence i is weighted by min(exp(mean_t log r_it), cap),
+    a constant; the gradient of the step's token mean is then -w_i * A_i / N per token."""
     log_probs, old, adv, mask = make_batch(7)
-    spec = get_loss("cispo")
-    out = spec.fn(log_probs, old, adv, mask, LossConfig(epsilon_high=100.0, importance_sampling_level="sequence"))
+    config = LossConfig(epsilon_high=cap, importance_sampling_level="sequence")
+    ctx = ReductionContext(window_num_tokens=mask.sum())
+    _, grad = library_grad("cispo", log_probs, old, adv, mask, config, ctx)
+    n_total = mask.sum().item()
+    expected = torch.zeros_like(log_probs)
+    capped = 0
     for i in range(mask.size(0)):
         n = int(mask[i].sum())
         geo = math.exp(sum((log_probs[i, t] - old[i, t]).item() for t in range(n)) / n)
-        expected = -min(geo, 100.0) * adv[i, 0].item() * log_probs[i, :n]
-        torch.testing.assert_close(out.per_token_loss[i, :n], expected, rtol=1e-12, atol=0)
+        capped += geo > cap
+        for t in range(n):
+            expected[i, t] = -min(geo, cap) * adv[i, 0].item() / n_total
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-15)
+    assert (capped > 0) == (cap < 2)  # the tight cap really binds

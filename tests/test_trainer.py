@@ -105,3 +105,23 @@ def test_second_pass_over_a_generation_batch_is_off_policy_and_capped(tiny_model
     assert first["cispo_clip_ratio"] == 0.0
     assert second["cispo/is_weight_mean"] != pytest.approx(1.0, abs=1e-4)  # ratio departed from 1
     assert second["cispo_clip_ratio"] > 0.0  # and the cap applied
+
+
+def test_sequence_level_ratios_with_cispo_warn_about_length_weighting(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="swift_cispo"):
+        config = _config(tmp_path, importance_sampling_level="sequence")
+    assert config.importance_sampling_level == "sequence"
+    assert "a sequence counts in proportion to its length" in caplog.text
+    with pytest.raises(ValueError, match="importance_sampling_level must be 'token' or 'sequence'"):
+        _config(tmp_path, importance_sampling_level="group")
+
+
+def test_cispo_option_guards(tmp_path):
+    with pytest.raises(ValueError, match="add --cispo_clip_convention offset"):
+        _config(tmp_path, cispo_epsilon_low=1.0)
+    with pytest.raises(ValueError, match="dual_clip_c applies to the PPO-clip losses"):
+        _config(tmp_path, dual_clip_c=3.0)
+    with pytest.raises(ValueError, match="dual_clip_c must be > 1"):
+        _config(tmp_path, loss_type="dapo", dual_clip_c=0.5)
+    offset = _config(tmp_path, cispo_clip_convention="offset")
+    assert offset.epsilon_high == 4.0  # ceiling 1 + 4 = 5, the same as the cap convention's default
