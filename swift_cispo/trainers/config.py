@@ -101,6 +101,27 @@ class GRPOConfig(TRLGRPOConfig):
         metadata={"help": "Truncation cap (truncate modes) or cut-off (mask modes) of the rollout correction ratio."},
     )
 
+    async_generate: bool = field(
+        default=False,
+        metadata={
+            "help": "Server mode only: generate the next optimizer step's rollout while the current step trains, from "
+            "weights one optimizer step old (lag 1, NeMo-RL's max_trajectory_age_steps 1). The rollout correction "
+            "(--rollout_importance_sampling_mode) reweights for the lag."
+        },
+    )
+    sleep_level: int = field(
+        default=0,
+        metadata={
+            "help": "Colocate mode on a GPU: put vLLM to sleep between rollouts to free GPU memory for training. 0: never; "
+            "2: drop its weights and KV cache (the weights are re-synced from the trainer on wake-up).",
+            "choices": [0, 2],
+        },
+    )
+    offload_model: bool = field(
+        default=False,
+        metadata={"help": "Colocate mode on a GPU: move the training model to CPU memory while vLLM generates."},
+    )
+
     def __post_init__(self):
         get_loss(self.loss_type)  # raises with the registered names
         for name, off in _UNSUPPORTED_TRL_OPTIONS.items():
@@ -111,6 +132,7 @@ class GRPOConfig(TRLGRPOConfig):
         if self.importance_sampling_level not in ("token", "sequence"):
             raise ValueError(f"importance_sampling_level must be 'token' or 'sequence'; got {self.importance_sampling_level!r}")
         self._check_cispo_options()
+        self._check_vllm_options()
         if self.dual_clip_c is not None:
             if self.loss_type == "cispo":
                 raise ValueError("dual_clip_c applies to the PPO-clip losses (grpo, bnpo, dr_grpo, dapo), not to cispo")
@@ -130,6 +152,34 @@ class GRPOConfig(TRLGRPOConfig):
 
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.use_cpu
         super().__post_init__()
+
+    def _check_vllm_options(self) -> None:
+        import torch
+
+        has_cuda = torch.cuda.is_available() and not self.use_cpu
+        if self.vllm_mode not in ("colocate", "server"):
+            raise ValueError(f"vllm_mode must be 'colocate' or 'server'; got {self.vllm_mode!r}")
+        if self.async_generate and not (self.use_vllm and self.vllm_mode == "server"):
+            raise ValueError("async_generate needs a rollout server: add --use_vllm true --vllm_mode server")
+        if self.sleep_level not in (0, 2):
+            raise ValueError(f"sleep_level must be 0 (off) or 2 (drop weights and KV cache between rollouts); got {self.sleep_level}")
+        for name, value in (("sleep_level", self.sleep_level), ("offload_model", self.offload_model)):
+            if not value:
+                continue
+            if not (self.use_vllm and self.vllm_mode == "colocate"):
+                raise ValueError(f"{name} frees GPU memory for a colocated vLLM; it needs --use_vllm true --vllm_mode colocate")
+            if not has_cuda:
+                raise ValueError(f"{name} frees GPU memory and needs a CUDA GPU; this run has none, so leave it off")
+        if self.sleep_level:
+            self.vllm_enable_sleep_mode = True
+        if self.vllm_tensor_parallel_size < 1:
+            raise ValueError(f"vllm_tensor_parallel_size must be >= 1; got {self.vllm_tensor_parallel_size}")
+        if self.use_vllm and self.vllm_mode == "colocate" and self.vllm_tensor_parallel_size > 1 and not has_cuda:
+            raise ValueError("vllm_tensor_parallel_size > 1 in colocate mode needs GPUs; on CPU use 1")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1]; got {self.vllm_gpu_memory_utilization}")
+        if self.vllm_server_timeout <= 0:
+            raise ValueError(f"vllm_server_timeout must be > 0 seconds; got {self.vllm_server_timeout}")
 
     def _check_cispo_options(self) -> None:
         if self.cispo_clip_convention not in ("cap", "offset"):

