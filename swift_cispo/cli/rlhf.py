@@ -159,15 +159,21 @@ def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path) ->
     from ..trainers import GRPOTrainer
     from .progress import CompactProgressCallback
 
+    from ..generation.client import RolloutServerError
+
     metrics = MetricsFileCallback(output_dir)
-    trainer = GRPOTrainer(
-        model=model,
-        processing_class=tokenizer,
-        reward_funcs=reward_funcs,
-        args=config,
-        train_dataset=dataset,
-        callbacks=[metrics],
-    )
+    try:
+        trainer = GRPOTrainer(
+            model=model,
+            processing_class=tokenizer,
+            reward_funcs=reward_funcs,
+            args=config,
+            train_dataset=dataset,
+            callbacks=[metrics],
+        )
+    except RolloutServerError:
+        _remove_if_empty(output_dir)
+        raise
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(CompactProgressCallback)
     logger.info(

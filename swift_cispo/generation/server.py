@@ -16,7 +16,6 @@ Requests are served one at a time (a lock around the engine): a trainer generate
 generates again; with async lag-1 it pushes *before* it asks for the next rollout, never during one.
 """
 
-from __future__ import annotations
 
 import itertools
 import math
@@ -114,6 +113,7 @@ class RolloutEngine:
 
 
 def build_app(engine: RolloutEngine):
+    # (no `from __future__ import annotations` in this module: FastAPI reads the handlers' annotations)
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool

@@ -27,6 +27,8 @@ def bucket_weights(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_byt
         if bucket and size + nbytes > bucket_bytes:
             yield save_safetensors(bucket)
             bucket, size = {}, 0
+        if any(tensor.data_ptr() == other.data_ptr() for other in bucket.values()):
+            tensor = tensor.clone()  # a tied alias: safetensors refuses two names for one storage
         bucket[name] = tensor
         size += nbytes
     if bucket:

