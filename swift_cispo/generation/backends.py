@@ -72,9 +72,18 @@ def tied_aliases(model) -> dict[str, list[str]]:
 
 
 def iter_vllm_weights(backend: VLLMGeneration):
-    """TRL's weight iteration (ZeRO-3 gathering, LoRA merged into the base weights), plus tied aliases."""
+    """TRL's weight iteration (ZeRO-3 gathering, LoRA merged into the base weights), plus tied aliases.
+
+    With LoRA the merged tensors are copied: TRL unmerges the adapters *in place* when its iteration
+    ends, so a consumer that keeps references (a list for vLLM, a bucket for the server) would
+    otherwise send the base weights without the adapters (measured: a log-prob gap of ~4 after a step).
+    """
+    from accelerate.utils import is_peft_model
+
     aliases = tied_aliases(backend.model)
+    copy = is_peft_model(backend.model)
     for name, tensor in backend._iter_named_params():
+        tensor = tensor.clone() if copy else tensor
         yield name, tensor
         for alias in aliases.get(name, ()):
             yield alias, tensor

