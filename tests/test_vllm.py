@@ -52,6 +52,7 @@ class RolloutServer:
 
     def __init__(self, tmp_path: Path, port: int):
         self.port = port
+        self.group_port = _free_port()  # each server its own weight-transfer port
         self.log = tmp_path / f"rollout-{port}.log"
         env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
         self.proc = subprocess.Popen(
@@ -82,7 +83,7 @@ def server(tmp_path_factory):
 
 
 def _server_flags(srv: RolloutServer) -> list[str]:
-    return ["--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_port", str(srv.port)]
+    return ["--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_port", str(srv.port), "--vllm_group_port", str(srv.group_port)]
 
 
 # ---------------------------------------------------------------------------------------------- colocate
@@ -150,9 +151,14 @@ def test_colocate_lora_syncs_the_merged_weights(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- server
-def test_server_sync_keeps_sampler_and_trainer_log_probs_equal(server, tmp_path):
+@pytest.mark.parametrize("transport", ["gloo", "http"])
+def test_server_sync_keeps_sampler_and_trainer_log_probs_equal(server, tmp_path, transport):
+    # gloo: the process-group path that is NCCL on GPUs; http: safetensors over the server's own port
     out = tmp_path / "server"
-    result = swift("rlhf", *_server_flags(server), *AGGRESSIVE, "--output_dir", out, cwd=tmp_path)
+    result = swift(
+        "rlhf", *_server_flags(server), "--vllm_weight_transport", transport, *AGGRESSIVE, "--output_dir", out, cwd=tmp_path
+    )
+    assert f"weights reach the rollout server over {transport}" in result.stderr
     assert result.returncode == 0, result.stderr[-3000:]
     gaps = _gaps(out)
     assert len(gaps) == 4 and max(gaps) < 1e-3, gaps

@@ -114,6 +114,8 @@ TRAINING_FLAGS = (
     "vllm_server_host",
     "vllm_server_port",
     "vllm_server_timeout",
+    "vllm_weight_transport",
+    "vllm_group_port",
     "async_generate",
     "vllm_gpu_memory_utilization",
     "vllm_max_model_length",

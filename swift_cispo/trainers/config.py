@@ -132,6 +132,15 @@ class GRPOConfig(TRLGRPOConfig):
             "the memory vLLM budgets for its KV cache)."
         },
     )
+    vllm_weight_transport: str = field(
+        default="auto",
+        metadata={
+            "help": "Server mode: how weights reach the server. 'nccl' (GPU to GPU), 'gloo' (through host memory, no "
+            "CUDA needed), both over a process group on --vllm_group_port; 'http' (safetensors over the server's "
+            "port, when no other port is open). 'auto': nccl if the trainer is on a CUDA device, else gloo.",
+            "choices": ["auto", "nccl", "gloo", "http"],
+        },
+    )
     async_generate: bool = field(
         default=False,
         metadata={
@@ -209,6 +218,10 @@ class GRPOConfig(TRLGRPOConfig):
             raise ValueError("vllm_tensor_parallel_size > 1 in colocate mode needs GPUs; on CPU use 1")
         if not 0 < self.vllm_gpu_memory_utilization <= 1:
             raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1]; got {self.vllm_gpu_memory_utilization}")
+        if self.vllm_weight_transport not in ("auto", "nccl", "gloo", "http"):
+            raise ValueError(f"vllm_weight_transport must be auto, nccl, gloo or http; got {self.vllm_weight_transport!r}")
+        if self.use_vllm and self.vllm_mode == "server" and self.vllm_weight_transport == "nccl" and not has_cuda:
+            raise ValueError("vllm_weight_transport nccl needs the trainer on a CUDA GPU; use gloo or http on CPU")
         if self.vllm_server_timeout <= 0:
             raise ValueError(f"vllm_server_timeout must be > 0 seconds; got {self.vllm_server_timeout}")
 

@@ -82,7 +82,15 @@ class GRPOTrainer(TRLGRPOTrainer):
             return ColocateGeneration(current_step=current_step, offload_model=self.args.offload_model, **trl_backend_kwargs(self))
         if self.args.async_generate and (self.tools or self.rollout_func is not None or self.environment_factories):
             raise ValueError("async_generate prefetches single-turn rollouts; it cannot be combined with tools or rollout_func")
-        return ServerGeneration(current_step=current_step, async_generate=self.args.async_generate, **trl_backend_kwargs(self))
+        transport = self.args.vllm_weight_transport
+        if transport == "auto":
+            transport = "nccl" if self.accelerator.device.type == "cuda" else "gloo"
+        return ServerGeneration(
+            current_step=current_step,
+            async_generate=self.args.async_generate,
+            weight_transport=transport,
+            **trl_backend_kwargs(self),
+        )
 
     def _prefetch_next_rollout(self, epoch_iterator, window_size: int) -> None:
         """Async lag-1: if the next optimizer step starts a generation, start its rollout now, from this step's weights."""

