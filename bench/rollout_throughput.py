@@ -84,8 +84,18 @@ def worker(mode: str, model: str, port: int, steps: int, batch: int, completion:
         model=model, reward_funcs=lambda completions, **kw: [float(len(set(c))) for c in completions], args=args,
         train_dataset=Dataset.from_dict({"prompt": prompts}), callbacks=[clock],
     )  # fmt: skip
+    generation_times = []
+    generate = trainer._generate_single_turn
+
+    def timed_generate(*a, **k):  # time spent waiting for completions (for async: waiting for the prefetch)
+        start = time.perf_counter()
+        result = generate(*a, **k)
+        generation_times.append((start, time.perf_counter()))
+        return result
+
+    trainer._generate_single_turn = timed_generate
     trainer.train()
-    Path(out).write_text(json.dumps(clock.times))
+    Path(out).write_text(json.dumps({"steps": clock.times, "generation": generation_times}))
 
 
 def free_port() -> int:
@@ -131,22 +141,24 @@ def main() -> None:
                  "--steps", str(opts.steps), "--batch", str(opts.batch), "--completion", str(opts.completion)],
                 env=env, check=True, stdout=subprocess.DEVNULL, stderr=(work / f"{mode}.log").open("w"),
             )  # fmt: skip
-            times = json.loads(out.read_text())
+            record = json.loads(out.read_text())
+            times = record["steps"]
             measured = times[2:] if len(times) > 3 else times
             seconds_per_step = (measured[-1] - measured[0]) / (len(measured) - 1)
-            results[mode] = seconds_per_step
+            waiting = sum(end - start for start, end in record["generation"] if measured[0] <= start < measured[-1])
+            results[mode] = (seconds_per_step, waiting / (measured[-1] - measured[0]))
     finally:
         if server is not None:
             server.kill()
             server.wait()
     print(f"\nrandom Qwen2 model: hidden {opts.hidden}, {opts.layers} layers; {opts.batch} completions of {opts.completion} "
           f"tokens per step; {opts.steps} steps, timed over steps 3..{opts.steps}; 1 CPU thread per process\n")
-    print(f"| mode | s/step | samples/s | vs synchronous server |")
-    print(f"|---|---:|---:|---:|")
-    base = results.get("server")
-    for mode, seconds in results.items():
+    print("| mode | s/step | samples/s | share of the step spent waiting for rollouts | vs synchronous server |")
+    print("|---|---:|---:|---:|---:|")
+    base = results.get("server", (None,))[0]
+    for mode, (seconds, waiting) in results.items():
         ratio = f"{base / seconds:.2f}x" if base else "-"
-        print(f"| {LABELS[mode]} | {seconds:.2f} | {opts.batch / seconds:.1f} | {ratio} |")
+        print(f"| {LABELS[mode]} | {seconds:.2f} | {opts.batch / seconds:.1f} | {waiting:.0%} | {ratio} |")
 
 
 if __name__ == "__main__":

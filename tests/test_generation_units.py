@@ -1,0 +1,62 @@
+"""The pieces of the rollout backends that need no engine: weight buckets, tied names, the collective path."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import torch
+
+from swift_cispo.generation.collective import SERVER_RANK, TRAINER_RANK, broadcast, describe, open_group, receive
+from swift_cispo.generation.wire import bucket_weights, unbucket_weights
+
+
+def test_buckets_round_trip_split_by_size_and_keep_tied_aliases():
+    embed = torch.randn(50, 8)
+    weights = [("model.embed_tokens.weight", embed), ("layer.weight", torch.randn(8, 8)), ("lm_head.weight", embed)]
+    blobs = list(bucket_weights(weights, bucket_bytes=embed.numel() * 4))  # an embedding fills a bucket
+    assert [len(unbucket_weights(blob)) for blob in blobs] == [1, 1, 1]
+    assert len(list(bucket_weights(weights, bucket_bytes=10 * embed.numel() * 4))) == 1
+    back = [item for blob in blobs for item in unbucket_weights(blob)]
+    assert [name for name, _ in back] == [name for name, _ in weights]
+    for (_, sent), (_, got) in zip(weights, back):
+        assert torch.equal(sent, got)
+
+
+def test_one_bucket_holds_a_tied_pair():
+    embed = torch.randn(4, 4)
+    (blob,) = bucket_weights([("a", embed), ("b", embed)])  # safetensors refuses shared storage: a copy is made
+    assert {name for name, _ in unbucket_weights(blob)} == {"a", "b"}
+
+
+def test_tied_aliases_name_the_output_head(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from swift_cispo.generation.backends import tied_aliases
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert tied_aliases(model) == {"model.embed_tokens.weight": ["lm_head.weight"]}
+
+
+def test_gloo_group_delivers_every_tensor_in_order():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    sent = [("a", torch.randn(3, 5)), ("b", torch.randn(7).to(torch.bfloat16)), ("c", torch.randn(2, 2, 2).double())]
+    metadata = describe(sent)
+    assert metadata == [["a", "float32", [3, 5]], ["b", "bfloat16", [7]], ["c", "float64", [2, 2, 2]]]
+    received = {}
+
+    def server():
+        group = open_group("127.0.0.1", port, SERVER_RANK, "gloo", timeout_s=30)
+        received["weights"] = receive(group, metadata, "cpu")
+
+    thread = threading.Thread(target=server)
+    thread.start()
+    group = open_group("127.0.0.1", port, TRAINER_RANK, "gloo", timeout_s=30)
+    for _, tensor in sent:
+        broadcast(group, tensor)
+    thread.join(30)
+    assert [name for name, _ in received["weights"]] == ["a", "b", "c"]
+    for (_, a), (_, b) in zip(sent, received["weights"]):
+        assert a.dtype == b.dtype and torch.equal(a, b)
