@@ -85,13 +85,13 @@ def _run_example(script: str, out: Path, port: int, *args: str) -> subprocess.Co
         "PYTHONPATH": str(REPO),
         "HF_HUB_OFFLINE": "1",
     }
-    return subprocess.run(
-        ["bash", str(REPO / "examples/scripts" / script), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    # Output to files, not pipes: a server left running would hold a pipe open and hang the run instead of failing it.
+    log_out, log_err = out.with_suffix(".stdout"), out.with_suffix(".stderr")
+    with log_out.open("w") as stdout, log_err.open("w") as stderr:
+        result = subprocess.run(
+            ["bash", str(REPO / "examples/scripts" / script), *args], env=env, stdout=stdout, stderr=stderr, timeout=600
+        )
+    return subprocess.CompletedProcess(result.args, result.returncode, log_out.read_text(), log_err.read_text())
 
 
 def _run_server_example(script: str, out: Path) -> subprocess.CompletedProcess:
