@@ -39,7 +39,7 @@ class RolloutArguments:
         default=None,
         metadata={
             "help": "Share of the device memory vLLM may take for weights and KV cache (on CPU, of the machine's "
-            "memory). Default: 0.9 on GPUs, 0.3 on CPUs."
+            "memory). Default: 0.9 on GPUs, 0.1 on CPUs."
         },
     )
     vllm_max_model_length: int | None = field(
@@ -114,7 +114,7 @@ def run(argv: list[str]) -> int:
 
     memory = args.vllm_gpu_memory_utilization
     if memory is None:
-        memory = 0.9 if torch.cuda.is_available() else 0.3
+        memory = 0.9 if torch.cuda.is_available() else 0.1
     logger.info("starting vLLM for %s (tensor parallel %d)", args.model, args.vllm_tensor_parallel_size)
     try:
         llm = LLM(
