@@ -141,6 +141,13 @@ class GRPOConfig(TRLGRPOConfig):
             "choices": ["auto", "nccl", "gloo", "http"],
         },
     )
+    vllm_group_port: int = field(
+        default=51216,
+        metadata={
+            "help": "Server mode with the nccl or gloo transport: port, on the server's host, of the weight-transfer "
+            "group. Give each trainer/server pair on a machine its own."
+        },
+    )
     async_generate: bool = field(
         default=False,
         metadata={
