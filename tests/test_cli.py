@@ -149,7 +149,7 @@ def test_unknown_flag_suggests_the_right_one(tmp_path):
 
 
 def test_flag_of_a_feature_not_built_yet(tmp_path):
-    assert_clean_error(swift("rlhf", "--use_vllm", "true", cwd=tmp_path), "--use_vllm is not supported yet")
+    assert_clean_error(swift("rlhf", "--deepspeed", "zero2", cwd=tmp_path), "--deepspeed is not supported yet")
     assert_clean_error(swift("rlhf", "--tuner_type", "lora", cwd=tmp_path), "--train_type lora is not supported yet")
 
 

@@ -12,8 +12,8 @@ from swift_cispo.generation.wire import bucket_weights, unbucket_weights
 
 
 def test_buckets_round_trip_split_by_size_and_keep_tied_aliases():
-    embed = torch.randn(50, 8)
-    weights = [("model.embed_tokens.weight", embed), ("layer.weight", torch.randn(8, 8)), ("lm_head.weight", embed)]
+    embed = torch.randn(50, 8, dtype=torch.float32)
+    weights = [("model.embed_tokens.weight", embed), ("layer.weight", torch.randn(8, 8, dtype=torch.float32)), ("lm_head.weight", embed)]
     blobs = list(bucket_weights(weights, bucket_bytes=embed.numel() * 4))  # an embedding fills a bucket
     assert [len(unbucket_weights(blob)) for blob in blobs] == [1, 1, 1]
     assert len(list(bucket_weights(weights, bucket_bytes=10 * embed.numel() * 4))) == 1
@@ -42,7 +42,11 @@ def test_gloo_group_delivers_every_tensor_in_order():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    sent = [("a", torch.randn(3, 5)), ("b", torch.randn(7).to(torch.bfloat16)), ("c", torch.randn(2, 2, 2).double())]
+    sent = [
+        ("a", torch.randn(3, 5, dtype=torch.float32)),
+        ("b", torch.randn(7, dtype=torch.float32).to(torch.bfloat16)),
+        ("c", torch.randn(2, 2, 2, dtype=torch.float64)),
+    ]
     metadata = describe(sent)
     assert metadata == [["a", "float32", [3, 5]], ["b", "bfloat16", [7]], ["c", "float64", [2, 2, 2]]]
     received = {}
