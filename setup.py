@@ -26,6 +26,8 @@ setup(
         "matplotlib>=3.8",
         "tqdm",
         "requests>=2.31",
+        # the `accuracy` and `cosine` rewards; the extra pins the ANTLR runtime its LaTeX parser was generated with
+        "math-verify[antlr4_13_2]>=0.9,<0.10",
     ],
     extras_require={
         "test": ["pytest>=8"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -38,11 +39,22 @@ def _check_jsonl(path: Path) -> None:
                 raise UserError(f"dataset {path} line {number} is a JSON {type(row).__name__}, not an object with columns")
 
 
-def load_one(spec: str, seed: int = 42):
-    """Load one dataset given as a path or hub id, optionally ``#N`` rows."""
+def load_one(spec: str, seed: int = 42, system: str | None = None, columns: dict[str, str] | None = None):
+    """Load one dataset given as a path or hub id, optionally ``#N`` rows, ready for training."""
+    source, rows = parse_dataset_spec(spec)
+    return _prepare(read_source(source), source, rows, seed, system, columns or {})
+
+
+def _prepare(dataset, source: str, rows: int | None, seed: int, system: str | None, columns: dict[str, str]):
+    # Formatting comes before sampling so that an error names the row's position in the file.
+    dataset = to_prompt_format(rename_columns(dataset, source, columns), source, system)
+    return dataset if rows is None else sample_rows(dataset, rows, seed)
+
+
+def read_source(source: str):
+    """The rows of a local file, a saved datasets folder or a hub dataset (its train split), as they are."""
     import datasets
 
-    source, rows = parse_dataset_spec(spec)
     path = Path(source).expanduser()
     try:
         if path.is_dir():
@@ -70,9 +82,33 @@ def load_one(spec: str, seed: int = 42):
         raise UserError(f"could not read dataset {source}: {reason}") from None
     if len(dataset) == 0:
         raise UserError(f"dataset {source} has no rows")
-    if rows is not None:
-        dataset = sample_rows(dataset, rows, seed)
     return dataset
+
+
+def parse_columns(text: str | None) -> dict[str, str]:
+    """``--columns '{"question": "prompt"}'`` -> ``{"question": "prompt"}``."""
+    if text is None:
+        return {}
+    example = '\'{"question": "prompt", "solution": "answer"}\''
+    try:
+        mapping = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"--columns must be a JSON object of old -> new column names, e.g. {example} ({err.msg})") from None
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) and k and v for k, v in mapping.items()):
+        raise UserError(f"--columns must map column names to column names, e.g. {example}; got {text!r:.80}")
+    return mapping
+
+
+def rename_columns(dataset, source: str, mapping: dict[str, str]):
+    """Apply the ``--columns`` renames whose old name this dataset has."""
+    present = {old: new for old, new in mapping.items() if old in dataset.column_names}
+    for old, new in present.items():
+        if new in dataset.column_names and new not in present:
+            raise UserError(
+                f"--columns renames '{old}' to '{new}', but dataset {source} already has a '{new}' column; "
+                f"rename that one too (e.g. \"{new}\": \"original_{new}\")"
+            )
+    return dataset.rename_columns(present) if present else dataset
 
 
 def sample_rows(dataset, rows: int, seed: int):
@@ -101,10 +137,13 @@ def to_prompt_format(dataset, source: str, system: str | None = None):
         )
 
     def convert(row, index):
-        if "prompt" in row and row["prompt"] is not None:
-            prompt = row["prompt"]
-        else:
-            prompt = row["messages"]
+        where = f"dataset {source} row {index + 1}"  # rows counted from 1, a CSV header not counted
+        column = "prompt" if row.get("prompt") is not None else "messages"
+        prompt = row.get(column)
+        if prompt is None or (isinstance(prompt, str) and not prompt.strip()) or (isinstance(prompt, list) and not prompt):
+            raise UserError(f"{where} has an empty prompt")
+        if column == "messages" and not isinstance(prompt, list):
+            raise UserError(f"{where}: 'messages' must be a list of {{role, content}} messages, got {type(prompt).__name__}")
         if isinstance(prompt, str):
             if system is not None:
                 prompt = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
@@ -113,13 +152,12 @@ def to_prompt_format(dataset, source: str, system: str | None = None):
             if prompt and prompt[-1]["role"] == "assistant":
                 prompt = prompt[:-1]
             if not prompt:
-                raise UserError(f"dataset {source} row {index} has no user turn to prompt with")
+                raise UserError(f"{where} has no user turn to prompt with")
             if system is not None and prompt[0]["role"] != "system":
                 prompt = [{"role": "system", "content": system}, *prompt]
         else:
             raise UserError(
-                f"dataset {source} row {index}: the prompt must be a string or a list of {{role, content}} messages, "
-                f"got {type(prompt).__name__}"
+                f"{where}: the prompt must be a string or a list of {{role, content}} messages, got {type(prompt).__name__}"
             )
         return {"prompt": prompt}
 
@@ -127,14 +165,36 @@ def to_prompt_format(dataset, source: str, system: str | None = None):
     return dataset.map(convert, with_indices=True, remove_columns=drop, desc="formatting prompts")
 
 
-def load_datasets(specs: list[str], seed: int = 42, system: str | None = None):
-    """Load, format and concatenate the ``--dataset`` arguments."""
+def load_datasets(specs: list[str], seed: int = 42, system: str | None = None, columns: dict[str, str] | None = None):
+    """Load, rename (``--columns``), format, sample and concatenate the ``--dataset`` arguments."""
     import datasets
 
-    parts = [to_prompt_format(load_one(spec, seed), spec, system) for spec in specs]
+    columns = columns or {}
+    parsed = [parse_dataset_spec(spec) for spec in specs]
+    raw = [read_source(source) for source, _ in parsed]
+    known = {name for dataset in raw for name in dataset.column_names}
+    missing = [old for old in columns if old not in known]
+    if missing:
+        raise UserError(f"--columns renames '{missing[0]}', which no dataset has (their columns: {', '.join(sorted(known))})")
+    parts = [_prepare(dataset, source, rows, seed, system, columns) for dataset, (source, rows) in zip(raw, parsed)]
     if len(parts) == 1:
         return parts[0]
     try:
         return datasets.concatenate_datasets(parts)
     except ValueError as err:
         raise UserError(f"the datasets cannot be combined because their columns differ: {err}") from None
+
+
+def split_for_evaluation(dataset, ratio: float, seed: int):
+    """``(train, eval)``: a seeded ``ratio`` of the rows held out for evaluation (``eval`` is None for ratio 0)."""
+    if ratio == 0:
+        return dataset, None
+    if not 0 < ratio < 1:
+        raise UserError(f"--split_dataset_ratio must be at least 0 and below 1, got {ratio}")
+    held_out = math.ceil(len(dataset) * ratio)
+    if held_out >= len(dataset):
+        raise UserError(
+            f"--split_dataset_ratio {ratio} of {len(dataset)} rows leaves no rows to train on; give a smaller ratio or more rows"
+        )
+    parts = dataset.train_test_split(test_size=held_out, seed=seed, shuffle=True)
+    return parts["train"], parts["test"]

@@ -149,7 +149,7 @@ def test_unknown_flag_suggests_the_right_one(tmp_path):
 
 
 def test_flag_of_a_feature_not_built_yet(tmp_path):
-    assert_clean_error(swift("rlhf", "--deepspeed", "zero2", cwd=tmp_path), "--deepspeed is not supported yet")
+    assert_clean_error(swift("rlhf", "--deepspeed", "ds_zero2.json", cwd=tmp_path), "--deepspeed is not supported yet")
     assert_clean_error(swift("rlhf", "--tuner_type", "lora", cwd=tmp_path), "--train_type lora is not supported yet")
 
 
@@ -158,7 +158,13 @@ def test_flag_of_a_feature_not_built_yet(tmp_path):
     [
         (["--epsilon_high", "-1"], ["epsilon_high must be > 0"]),
         (["--loss_type", "ppo"], ["unknown loss_type 'ppo'", "bnpo, cispo, dapo, dr_grpo, grpo"]),
-        (["--reward_funcs", "accuracy"], ["unknown reward function 'accuracy'", "available: exact_match"]),
+        (["--reward_funcs", "acuracy"], ["unknown reward function 'acuracy'", "did you mean 'accuracy'?", "available: accuracy, cosine"]),
+        (["--reward_funcs", "soft_overlong"], ["the soft_overlong reward needs --soft_cache_length"]),
+        (["--reward_funcs", "format", "--format_pattern", "(<think>"], ["--format_pattern '(<think>' is not a valid regular expression"]),
+        (["--columns", "question=prompt"], ["--columns must be a JSON object of old -> new column names"]),
+        (["--columns", '{"questoin": "prompt"}'], ["--columns renames 'questoin', which no dataset has", "answer, prompt"]),
+        (["--split_dataset_ratio", "1.5"], ["--split_dataset_ratio must be at least 0 and below 1, got 1.5"]),
+        (["--eval_strategy", "steps"], ["--eval_strategy steps needs an evaluation set", "--split_dataset_ratio"]),
         (["--num_generations", "1", "--per_device_train_batch_size", "4"], ["at least 2 generations"]),
         (["--num_generations", "two"], ["--num_generations", "invalid int value"]),
         (["--external_plugins", "missing_plugin.py"], ["plugin file missing_plugin.py does not exist"]),
@@ -194,6 +200,41 @@ def test_missing_and_unparseable_datasets(tmp_path, tiny_model_dir):
     text = tmp_path / "notes.txt"
     text.write_text("hello")
     assert_clean_error(swift("rlhf", *common, "--dataset", text, cwd=tmp_path), "unsupported extension '.txt'")
+
+
+def test_bad_rows_name_the_file_and_the_row(tmp_path, tiny_model_dir):
+    common = ["--model", tiny_model_dir, "--reward_funcs", "exact_match", "--output_dir", tmp_path / "o"]
+    csv = tmp_path / "rows.csv"
+    csv.write_text("prompt,answer\n1+1=,2\n2+2=,4\n,6\n")  # the third row has no prompt
+    assert_clean_error(swift("rlhf", *common, "--dataset", f"{csv}#2", cwd=tmp_path), f"dataset {csv} row 3 has an empty prompt")
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text('{"messages": [{"role": "user", "content": "1+1="}]}\n{"messages": "not a conversation"}\n')
+    assert_clean_error(
+        swift("rlhf", *common, "--dataset", chat, cwd=tmp_path),
+        f"dataset {chat} row 2: 'messages' must be a list of {{role, content}} messages, got str",
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_columns_remapping_and_evaluation_on_a_held_out_split(tmp_path, tiny_model_dir):
+    data = tmp_path / "renamed.parquet"
+    import pandas as pd
+
+    pd.DataFrame({"question": [f"{a}+{b}=" for a in range(5) for b in range(4)], "solution": [str(a + b) for a in range(5) for b in range(4)]}).to_parquet(data)
+    config = tmp_path / "eval.yaml"
+    config.write_text("columns: {question: prompt, solution: answer}\nsplit_dataset_ratio: 0.2\neval_steps: 1\n")
+    out = tmp_path / "eval_run"
+    result = swift(
+        "rlhf", config, "--model", tiny_model_dir, "--dataset", data, "--reward_funcs", "accuracy", "exact_match",
+        "--per_device_eval_batch_size", "8", "--output_dir", out, *FAST, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "holding out 4 of 20 rows for evaluation every 1 steps" in result.stderr
+    metrics = read_metrics(out)
+    train = [m for m in metrics if "loss" in m]
+    evals = [m for m in metrics if "eval_reward" in m]
+    assert [m["step"] for m in train] == [1, 2] and [m["step"] for m in evals] == [1, 2]
+    assert all("eval_rewards/accuracy/mean" in m for m in evals) and all("rewards/accuracy/mean" in m for m in train)
 
 
 def test_missing_model_path(tmp_path, data_file):

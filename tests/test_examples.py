@@ -48,6 +48,51 @@ def test_custom_reward_example_smoke(tmp_path):
     assert all("rewards/answer_match/mean" in m for m in metrics if "reward" in m)
 
 
+def _smoke(script: str, out: Path) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """Run an example script with SMOKE=1 into ``out``; its result and logged metrics."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "SMOKE": "1",
+        "OUTPUT_DIR": str(out),
+        "SWIFT": f"{sys.executable} -m swift_cispo",
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1",
+    }
+    result = subprocess.run(
+        ["bash", str(REPO / "examples/scripts" / script)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, [json.loads(line) for line in (out / "logging.jsonl").read_text().splitlines()]
+
+
+def test_quickstart_example_smoke(tmp_path):
+    result, metrics = _smoke("quickstart.sh", tmp_path / "quickstart_run")
+    assert "training the embedded demo" in result.stderr
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
+    assert all("rewards/exact_match/mean" in m for m in metrics if "reward" in m)
+
+
+def test_custom_loss_example_smoke(tmp_path):
+    result, metrics = _smoke("cispo_custom_loss.sh", tmp_path / "loss_run")
+    assert "loss_type=gpg" in result.stderr
+    steps = [m for m in metrics if "loss" in m]
+    assert [m["step"] for m in steps] == [1, 2]
+    assert all("gpg/ratio_mean" in m and "gpg/ratio_max" in m for m in steps)
+
+
+def test_math_accuracy_format_example_smoke(tmp_path):
+    result, metrics = _smoke("cispo_math_accuracy_format.sh", tmp_path / "math_run")
+    assert "holding out 8 of 80 rows for evaluation" in result.stderr
+    train = [m for m in metrics if "loss" in m]
+    assert [m["step"] for m in train] == [1, 2]
+    assert all("rewards/accuracy/mean" in m and "rewards/format/mean" in m for m in train)
+    # the demo model answers right about a third of the time and never writes <think> tags
+    assert sum(m["rewards/accuracy/mean"] for m in train) > 0 and all(m["rewards/format/mean"] == 0 for m in train)
+    assert [m["step"] for m in metrics if "eval_rewards/accuracy/mean" in m] == [1, 2]
+
+
 # ------------------------------------------------------------------------------------- vLLM examples
 def _free_ports(count: int) -> list[int]:
     """Distinct free ports (all bound at once, so the OS cannot hand out the same one twice)."""

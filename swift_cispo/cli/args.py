@@ -8,10 +8,17 @@ flags are not re-declared here: :func:`training_arguments_class` copies the chos
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import typing
 from dataclasses import dataclass, field
 
+from ..rewards.builtin import Cosine, Format, Repetition
 from ..trainers.config import GRPOConfig
+
+
+def _reward_default(orm_class: type, parameter: str):
+    """The default of a built-in reward's constructor parameter: the flag's default is written once, there."""
+    return inspect.signature(orm_class).parameters[parameter].default
 
 
 @dataclass
@@ -55,6 +62,21 @@ class DataArguments:
         default=None,
         metadata={"help": "System prompt put before every prompt (the prompt becomes a chat conversation)."},
     )
+    columns: str | None = field(
+        default=None,
+        metadata={
+            "help": "Rename dataset columns before use, as a JSON object old -> new, e.g. "
+            "'{\"question\": \"prompt\", \"solution\": \"answer\"}' (in a YAML config, a mapping). Applied to every "
+            "--dataset that has the old column; a name no dataset has is an error."
+        },
+    )
+    split_dataset_ratio: float = field(
+        default=0.0,
+        metadata={
+            "help": "Fraction of the rows held out (shuffled with --seed) as an evaluation set, scored during training "
+            "every --eval_steps steps (--eval_strategy steps is then the default). 0: no evaluation set."
+        },
+    )
 
 
 @dataclass
@@ -66,8 +88,9 @@ class RLHFArguments:
     reward_funcs: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Reward functions by name, from the orms registry (built in: exact_match; plugin files add more). "
-            "Weighted by --reward_weights."
+            "help": "Reward functions by name, from the orms registry (built in: accuracy, cosine, exact_match, format, "
+            "repetition, soft_overlong; plugin files add more). Weighted by --reward_weights; each is logged as "
+            "rewards/<name>/mean. See docs/rewards.md."
         },
     )
     external_plugins: list[str] | None = field(
@@ -75,6 +98,62 @@ class RLHFArguments:
         metadata={
             "help": "Python files run before training, to register rewards in swift_cispo.rewards.orms or losses "
             "with swift_cispo.register_loss. Code runs only from files named here."
+        },
+    )
+    # Options of the built-in rewards. Each is the constructor parameter of the same name (see
+    # swift_cispo/rewards/builtin.py), where its default lives.
+    format_pattern: str = field(
+        default=_reward_default(Format, "format_pattern"),
+        metadata={
+            "help": "The 'format' reward's template: a Python regular expression the whole completion must match "
+            "('.' matches newlines too). The default asks for <think>...</think> then <answer>...</answer>."
+        },
+    )
+    cosine_min_len_value_wrong: float = field(
+        default=_reward_default(Cosine, "cosine_min_len_value_wrong"),
+        metadata={"help": "The 'cosine' reward of a wrong answer of length 0."},
+    )
+    cosine_max_len_value_wrong: float = field(
+        default=_reward_default(Cosine, "cosine_max_len_value_wrong"),
+        metadata={"help": "The 'cosine' reward of a wrong answer of length --cosine_max_len or more."},
+    )
+    cosine_min_len_value_correct: float = field(
+        default=_reward_default(Cosine, "cosine_min_len_value_correct"),
+        metadata={"help": "The 'cosine' reward of a correct answer of length 0."},
+    )
+    cosine_max_len_value_correct: float = field(
+        default=_reward_default(Cosine, "cosine_max_len_value_correct"),
+        metadata={"help": "The 'cosine' reward of a correct answer of length --cosine_max_len or more."},
+    )
+    cosine_max_len: int | None = field(
+        default=None,
+        metadata={
+            "help": "Length in tokens at which the 'cosine' reward reaches its end values. Default: --max_completion_length."
+        },
+    )
+    repetition_n_grams: int = field(
+        default=_reward_default(Repetition, "repetition_n_grams"),
+        metadata={"help": "Size of the word n-grams the 'repetition' reward counts."},
+    )
+    repetition_max_penalty: float = field(
+        default=_reward_default(Repetition, "repetition_max_penalty"),
+        metadata={
+            "help": "The most negative 'repetition' reward (<= 0): the reward is this times the fraction of a "
+            "completion's n-grams that repeat an earlier one."
+        },
+    )
+    soft_max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "L_max of the 'soft_overlong' reward (DAPO): completions this long or longer get -1. Default: "
+            "--max_completion_length."
+        },
+    )
+    soft_cache_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "L_cache of the 'soft_overlong' reward (DAPO): the penalty falls linearly from 0 at "
+            "L_max - L_cache tokens to -1 at L_max. Required by soft_overlong."
         },
     )
 
@@ -108,6 +187,7 @@ TRAINING_FLAGS = (
     "min_p",
     "repetition_penalty",
     "steps_per_generation",
+    "num_generations_eval",
     # vLLM rollouts
     "use_vllm",
     "vllm_mode",
@@ -140,6 +220,10 @@ TRAINING_FLAGS = (
     "bf16",
     "fp16",
     "use_cpu",
+    # evaluation (on the --split_dataset_ratio hold-out)
+    "eval_strategy",
+    "eval_steps",
+    "per_device_eval_batch_size",
     # output
     "output_dir",
     "logging_steps",
@@ -184,8 +268,6 @@ NOT_YET_SUPPORTED = {
     "lora_dropout": "LoRA",
     "target_modules": "LoRA",
     "resume_from_checkpoint": "resuming",
-    "split_dataset_ratio": "evaluation during training",
-    "columns": "column remapping",
 }
 
 #: ms-swift spells some flags two ways; the second name maps to the first.

@@ -51,6 +51,9 @@ def _config_to_argv(path_str: str) -> list[str]:
 
             argv.extend(loss_fn_to_flags(value, f"config file {path_str}"))
             continue
+        if key == "columns" and isinstance(value, dict):  # --columns takes its mapping as JSON
+            argv.extend(["--columns", json.dumps(value)])
+            continue
         if isinstance(value, dict):
             raise UserError(f"config file {path_str}: '{key}' holds a nested block, which is not a known flag")
         if value is None:

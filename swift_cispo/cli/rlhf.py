@@ -45,6 +45,8 @@ def parse(argv: list[str]):
     )
     if remaining:
         raise UserError(f"unexpected argument {remaining[0]!r}; flag values follow their --flag")
+    if data_args.split_dataset_ratio > 0 and "eval_strategy" not in given:
+        train_args.eval_strategy = "steps"  # a held-out set is there to be evaluated; every --eval_steps (default: --logging_steps)
     return model_args, data_args, rlhf_args, train_args, demo
 
 
@@ -120,9 +122,17 @@ def run(argv: list[str]) -> int:
         logger.info("no --model/--dataset given: training the embedded demo (%s)", DEMO_DATASET_PATH.name)
         logger.info("demo settings (override any with its flag): %s", shown)
     check_model_source(model_args.model)
+    from ..data import load_datasets, parse_columns, split_for_evaluation
+    from ..rewards import orms
+
+    columns = parse_columns(data_args.columns)
+    if _strategy(train_args.eval_strategy) != "no" and data_args.split_dataset_ratio == 0:
+        raise UserError(
+            f"--eval_strategy {_strategy(train_args.eval_strategy)} needs an evaluation set: hold one out with --split_dataset_ratio"
+        )
     if not rlhf_args.reward_funcs:
-        raise UserError("--reward_funcs is required: name at least one reward (built in: exact_match)")
-    reward_funcs = [reward_function(name) for name in rlhf_args.reward_funcs]
+        raise UserError(f"--reward_funcs is required: name at least one reward (available: {', '.join(sorted(orms))})")
+    reward_funcs = [reward_function(name, reward_options(rlhf_args, train_args)) for name in rlhf_args.reward_funcs]
 
     from ..trainers import GRPOConfig
 
@@ -141,18 +151,34 @@ def run(argv: list[str]) -> int:
             f"--reward_weights has {len(config.reward_weights)} values for {len(reward_funcs)} reward functions; give one per function"
         )
 
-    from ..data import load_datasets
-
     try:
-        dataset = load_datasets(data_args.dataset, seed=config.seed, system=data_args.system)
+        dataset = load_datasets(data_args.dataset, seed=config.seed, system=data_args.system, columns=columns)
+        dataset, eval_dataset = split_for_evaluation(dataset, data_args.split_dataset_ratio, config.seed)
         model, tokenizer = load_model_and_tokenizer(model_args)
     except UserError:
         _remove_if_empty(output_dir)
         raise
-    return _train(model, tokenizer, reward_funcs, config, dataset, output_dir)
+    if eval_dataset is not None:
+        strategy = _strategy(config.eval_strategy)
+        when = f"every {config.eval_steps:g} steps" if strategy == "steps" else f"(eval_strategy {strategy})"
+        logger.info("holding out %d of %d rows for evaluation %s", len(eval_dataset), len(dataset) + len(eval_dataset), when)
+    return _train(model, tokenizer, reward_funcs, config, dataset, output_dir, eval_dataset)
 
 
-def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path) -> int:
+def reward_options(rlhf_args: RLHFArguments, train_args) -> dict:
+    """Flag values offered to the rewards' constructors (each takes those its parameters name)."""
+    options = dataclasses.asdict(rlhf_args)
+    options["max_completion_length"] = train_args.max_completion_length
+    options["cosine_max_len"] = rlhf_args.cosine_max_len or train_args.max_completion_length
+    options["soft_max_length"] = rlhf_args.soft_max_length or train_args.max_completion_length
+    return options
+
+
+def _strategy(value) -> str:
+    return str(getattr(value, "value", value))
+
+
+def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path, eval_dataset=None) -> int:
     from transformers.trainer_callback import ProgressCallback
 
     from ..callbacks import CURVES_FILE, METRICS_FILE, MetricsFileCallback
@@ -169,6 +195,7 @@ def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path) ->
             reward_funcs=reward_funcs,
             args=config,
             train_dataset=dataset,
+            eval_dataset=eval_dataset,
             callbacks=[metrics],
         )
     except RolloutServerError:

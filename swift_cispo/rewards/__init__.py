@@ -3,8 +3,9 @@
 An ORM is a class whose instances are called with the completions (strings) and, as keyword
 arguments, every other column of the dataset row (repeated once per completion), plus TRL's
 extras (``prompts``, ``completion_ids``, ``trainer_state``, ...). It returns one float per
-completion. Register one by putting it in :data:`orms`, typically from a plugin file given with
-``--external_plugins``::
+completion, or ``None`` where it does not apply. ``__call__`` may be ``async def`` (a remote
+judge, say): the async rewards of a batch run concurrently. Register one by putting it in
+:data:`orms`, typically from a plugin file given with ``--external_plugins``::
 
     from swift_cispo.rewards import ORM, orms
 
@@ -14,28 +15,23 @@ completion. Register one by putting it in :data:`orms`, typically from a plugin 
 
     orms["brevity"] = Brevity
 
+The command line builds each ORM once. A constructor parameter named like a ``swift rlhf`` reward
+flag (``format_pattern``, ``cosine_max_len``, ...) or ``max_completion_length`` receives that
+flag's value; other parameters keep their defaults.
+
 Plain functions with TRL's reward signature can also be passed to the trainer from Python.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from typing import Callable
 
 from ..demo.task import score as _score_exact
-
-
-class ORM:
-    """Base class of a reward: ``__call__(completions, **kwargs) -> list[float]``, one per completion."""
-
-    def __call__(self, completions: list, **kwargs) -> list[float]:
-        raise NotImplementedError
-
-
-def completion_text(completion) -> str:
-    """The text of a completion, whether plain (a string) or conversational (a list of messages)."""
-    if isinstance(completion, str):
-        return completion
-    return "".join(message.get("content", "") for message in completion if message.get("role") == "assistant")
+from ..errors import UserError
+from .base import ORM, completion_text
+from .builtin import Accuracy, Cosine, Format, Repetition, SoftOverlong
 
 
 class ExactMatch(ORM):
@@ -46,20 +42,23 @@ class ExactMatch(ORM):
 
     def __call__(self, completions: list, answer: list | None = None, **kwargs) -> list[float]:
         if answer is None:
-            raise ValueError("the exact_match reward needs an 'answer' column in the dataset")
+            raise UserError("the exact_match reward needs an 'answer' column in the dataset")
         return [_score_exact(completion_text(c), str(a)) for c, a in zip(completions, answer)]
 
 
-#: Name -> ORM class. ``--reward_funcs NAME`` instantiates ``orms[NAME]()``.
+#: Name -> ORM class. ``--reward_funcs NAME`` instantiates ``orms[NAME](**matching flag values)``.
 orms: dict[str, type] = {
+    "accuracy": Accuracy,
+    "cosine": Cosine,
     "exact_match": ExactMatch,
+    "format": Format,
+    "repetition": Repetition,
+    "soft_overlong": SoftOverlong,
 }
 
 
 def _check_rewards(name: str, values, expected: int) -> list[float]:
     """One float (or None, which TRL skips as NaN) per completion, or a UserError naming the problem."""
-    from ..errors import UserError
-
     try:
         values = list(values)
     except TypeError:
@@ -83,21 +82,60 @@ def _check_rewards(name: str, values, expected: int) -> list[float]:
     return checked
 
 
-def reward_function(name: str) -> Callable:
-    """The ORM registered as ``name``, wrapped as a TRL reward function whose outputs are checked."""
-    from ..errors import UserError
+def _is_async(orm) -> bool:
+    return inspect.iscoroutinefunction(orm) or inspect.iscoroutinefunction(getattr(orm, "__call__", None))
 
+
+def build_orm(name: str, options: dict | None = None):
+    """An instance of the ORM registered as ``name``, its constructor given the ``options`` it names."""
     if name not in orms:
-        raise UserError(f"unknown reward function '{name}'; available: {', '.join(sorted(orms))}")
+        close = difflib.get_close_matches(name, orms, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UserError(f"unknown reward function '{name}'; {hint}available: {', '.join(sorted(orms))}")
     entry = orms[name]
-    orm = entry() if isinstance(entry, type) else entry
+    if not isinstance(entry, type):
+        return entry
+    try:
+        parameters = inspect.signature(entry).parameters
+    except (TypeError, ValueError):  # a class whose signature cannot be read: built without arguments
+        parameters = {}
+    given = {key: value for key, value in (options or {}).items() if key in parameters and value is not None}
+    return entry(**given)
 
-    def reward(prompts=None, completions=None, **kwargs):
-        return _check_rewards(name, orm(completions, prompts=prompts, **kwargs), len(completions))
+
+def reward_function(name: str, options: dict | None = None) -> Callable:
+    """The ORM registered as ``name``, wrapped as a TRL reward function whose outputs are checked.
+
+    ``options`` (flag name -> value) fill the ORM's constructor parameters of the same names. The
+    wrapper is ``async`` when the ORM is, so that TRL runs it concurrently with the other async rewards.
+    """
+    orm = build_orm(name, options)
+
+    if _is_async(orm):
+
+        async def reward(prompts=None, completions=None, **kwargs):
+            return _check_rewards(name, await orm(completions, prompts=prompts, **kwargs), len(completions))
+
+    else:
+
+        def reward(prompts=None, completions=None, **kwargs):
+            return _check_rewards(name, orm(completions, prompts=prompts, **kwargs), len(completions))
 
     reward.__name__ = name  # TRL logs rewards/<name>/mean
     reward.__qualname__ = name
     return reward
 
 
-__all__ = ["ORM", "ExactMatch", "completion_text", "orms", "reward_function"]
+__all__ = [
+    "ORM",
+    "Accuracy",
+    "Cosine",
+    "ExactMatch",
+    "Format",
+    "Repetition",
+    "SoftOverlong",
+    "build_orm",
+    "completion_text",
+    "orms",
+    "reward_function",
+]

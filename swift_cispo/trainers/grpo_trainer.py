@@ -18,6 +18,7 @@ import logging
 from collections import deque
 
 import torch
+from accelerate.utils import gather
 from trl import GRPOTrainer as TRLGRPOTrainer
 
 from ..losses import LossConfig, ReductionContext, get_loss, k3_kl, log_importance_ratio, rollout_correction
@@ -108,6 +109,36 @@ class GRPOTrainer(TRLGRPOTrainer):
     def _log_policy_lag(self) -> None:
         lag = self.state.global_step - self.vllm_generation.last_rollout_version
         self._metrics["train"]["rollout/policy_lag"].append(float(lag))
+
+    # ------------------------------------------------------------------ rewards
+    def compute_rewards(self, inputs: list[dict], prompts: list, completions: list, completion_ids_list: list) -> torch.Tensor:
+        """The rewards of this process's completions: a float tensor ``(len(completions), len(self.reward_funcs))``.
+
+        The hook to override for rewards that the reward functions cannot give, e.g. a reward model
+        or an external service scoring a whole batch at once. Column ``j`` is the reward named
+        ``self.reward_func_names[j]`` (weighted by ``reward_weights``, logged as
+        ``rewards/<name>/mean``); NaN means "does not apply". ``inputs[i]`` is completion ``i``'s
+        dataset row, and ``self.state`` the trainer state. The default calls the reward functions
+        (async ones concurrently); an override may call it and replace or adjust columns.
+        """
+        everyone = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # all processes' rows
+        start = self.accelerator.process_index * len(prompts)
+        return everyone[start : start + len(prompts)]
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        if type(self).compute_rewards is GRPOTrainer.compute_rewards:
+            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        rewards = self.compute_rewards(inputs, prompts, completions, completion_ids_list)
+        expected = (len(prompts), len(self.reward_funcs))
+        if not isinstance(rewards, torch.Tensor) or tuple(rewards.shape) != expected:
+            from ..errors import UserError
+
+            shape = tuple(rewards.shape) if isinstance(rewards, torch.Tensor) else type(rewards).__name__
+            raise UserError(
+                f"{type(self).__name__}.compute_rewards returned {shape}; it must return a tensor of shape {expected} "
+                "(one row per completion, one column per reward function)"
+            )
+        return gather(rewards.to(device=self.accelerator.device, dtype=torch.float32))
 
     # ------------------------------------------------------------------ batching
     def get_batch_samples(self, epoch_iterator, num_batches, device):

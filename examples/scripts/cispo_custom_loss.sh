@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# A loss from a plugin file: loss_plugin.py registers `gpg`, selected with --loss_type.
+#
+#   bash examples/scripts/cispo_custom_loss.sh            # a real model (GPU), your dataset in $DATASET
+#   SMOKE=1 bash examples/scripts/cispo_custom_loss.sh    # a few steps on the embedded demo model (CPU)
+#
+# $DATASET: a .jsonl file with a `prompt` (or `messages`) column and an `answer` column.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SWIFT="${SWIFT:-swift}"
+PLUGIN=examples/scripts/loss_plugin.py
+DEMO_DATA="$(python3 -c 'import swift_cispo.demo as d; print(d.DEMO_DATASET_PATH)' 2>/dev/null || echo swift_cispo/demo/addition.jsonl)"
+if [ "${SMOKE:-0}" = "1" ]; then
+  MODEL="$(dirname "$DEMO_DATA")/model"
+  DATASET="$DEMO_DATA#64"
+  EXTRA=(--max_steps 2 --per_device_train_batch_size 16 --num_generations 4 --max_completion_length 4
+         --learning_rate 1e-3 --logging_steps 1 --gradient_checkpointing false)
+else
+  MODEL="${MODEL:-Qwen/Qwen2.5-0.5B-Instruct}"
+  DATASET="${DATASET:?set DATASET to a .jsonl file with prompt and answer columns}"
+  EXTRA=(--max_steps 500 --per_device_train_batch_size 8 --gradient_accumulation_steps 4 --num_generations 8
+         --max_completion_length 512 --learning_rate 1e-6 --bf16 true --logging_steps 5 --save_steps 100)
+fi
+set -x
+$SWIFT rlhf \
+  --rlhf_type grpo \
+  --model "$MODEL" \
+  --dataset "$DATASET" \
+  --external_plugins "$PLUGIN" \
+  --loss_type gpg \
+  --reward_funcs exact_match \
+  --output_dir "${OUTPUT_DIR:-output/gpg-$(date +%Y%m%d-%H%M%S)}" \
+  "${EXTRA[@]}" "$@"
