@@ -7,6 +7,7 @@ negative control that skips the weight push shows the gap the sync closes.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -117,7 +118,7 @@ def test_colocate_without_sync_drifts(tmp_path):
     assert max(gaps[1:]) > 1e-2, gaps  # afterwards the stale sampler is measurably off
 
 
-LORA_SCRIPT = """\
+COLOCATE_SCRIPT = """\
 import json, sys
 from datasets import Dataset
 from peft import LoraConfig
@@ -127,30 +128,36 @@ def reward(completions, **kwargs):
     return [float(len(c)) + 0.1 * i for i, c in enumerate(completions)]
 
 if __name__ == "__main__":
-    args = GRPOConfig(output_dir=sys.argv[2], per_device_train_batch_size=16, num_generations=4, max_completion_length=4,
-                      learning_rate=5e-2, max_steps=4, logging_steps=1, report_to="none", use_cpu=True,
+    model, output_dir, tuning = sys.argv[1:4]
+    args = GRPOConfig(output_dir=output_dir, per_device_train_batch_size=8, num_generations=4, max_completion_length=4,
+                      learning_rate=5e-2, max_steps=3, logging_steps=1, report_to="none", use_cpu=True,
                       save_strategy="no", seed=0, use_vllm=True, vllm_mode="colocate", steps_per_generation=1)
-    trainer = GRPOTrainer(model=sys.argv[1], reward_funcs=reward, args=args,
-                          train_dataset=Dataset.from_dict({"prompt": ["1+2=", "3+4=", "5+5=", "9+1="] * 8}),
-                          peft_config=LoraConfig(r=8, lora_alpha=32, target_modules="all-linear"))
+    peft_config = LoraConfig(r=8, lora_alpha=32, target_modules="all-linear") if tuning == "lora" else None
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, peft_config=peft_config,
+                          train_dataset=Dataset.from_dict({"prompt": ["1+2=", "3+4=", "5+5=", "9+1="] * 8}))
     trainer.train()
-    print("GAPS", json.dumps([h["sampling/sampling_logp_difference/mean"] for h in trainer.state.log_history
-                              if "sampling/sampling_logp_difference/mean" in h]))
+    if trainer.accelerator.is_main_process:
+        print("GAPS", json.dumps([h["sampling/sampling_logp_difference/mean"] for h in trainer.state.log_history
+                                  if "sampling/sampling_logp_difference/mean" in h]))
 """
 
 
-def test_colocate_lora_syncs_the_merged_weights(tmp_path):
-    script = tmp_path / "lora_colocate.py"
-    script.write_text(LORA_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+def _run_colocate_script(tmp_path: Path, tuning: str, launcher: list[str]) -> list[float]:
+    """Train 3 steps with COLOCATE_SCRIPT; the per-step sampler/trainer log-prob gaps (all processes)."""
+    script = tmp_path / "colocate_api.py"
+    script.write_text(COLOCATE_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, str(script), str(DEMO_MODEL), str(tmp_path / "out")],
+        [*launcher, str(script), str(DEMO_MODEL), str(tmp_path / "out"), tuning],
         capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    gaps = [float(g) for g in eval(result.stdout.split("GAPS", 1)[1].strip().splitlines()[0])]
-    assert len(gaps) == 4
-    assert max(gaps) < 1e-3, gaps
+    return json.loads(result.stdout.split("GAPS", 1)[1].strip().splitlines()[0])
+
+
+def test_colocate_lora_syncs_the_merged_weights(tmp_path):
+    gaps = _run_colocate_script(tmp_path, "lora", [sys.executable])
+    assert len(gaps) == 3 and max(gaps) < 1e-3, gaps
 
 
 # ---------------------------------------------------------------------------------------------- server
@@ -277,37 +284,10 @@ def test_vllm_max_model_len_alias(tmp_path):
     assert train_args.vllm_max_model_length == 128
 
 
-DDP_COLOCATE_SCRIPT = """\
-import json, sys
-from datasets import Dataset
-from swift_cispo import GRPOConfig, GRPOTrainer
-
-def reward(completions, **kwargs):
-    return [float(len(c)) + 0.1 * i for i, c in enumerate(completions)]
-
-if __name__ == "__main__":
-    args = GRPOConfig(output_dir=sys.argv[2], per_device_train_batch_size=8, num_generations=4, max_completion_length=4,
-                      learning_rate=5e-2, max_steps=3, logging_steps=1, report_to="none", use_cpu=True,
-                      save_strategy="no", seed=0, use_vllm=True, vllm_mode="colocate", steps_per_generation=1)
-    trainer = GRPOTrainer(model=sys.argv[1], reward_funcs=reward, args=args,
-                          train_dataset=Dataset.from_dict({"prompt": ["1+2=", "3+4=", "5+5=", "9+1="] * 8}))
-    trainer.train()
-    if trainer.accelerator.is_main_process:
-        print("GAPS", json.dumps([h["sampling/sampling_logp_difference/mean"] for h in trainer.state.log_history
-                                  if "sampling/sampling_logp_difference/mean" in h]))
-"""
 
 
 def test_colocate_with_two_processes_keeps_every_engine_in_sync(tmp_path):
     # torchrun, 2 processes on gloo: one engine per process, each synced after every optimizer step
-    script = tmp_path / "ddp_colocate.py"
-    script.write_text(DDP_COLOCATE_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-         str(script), str(DEMO_MODEL), str(tmp_path / "out")],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    gaps = [float(g) for g in eval(result.stdout.split("GAPS", 1)[1].strip().splitlines()[0])]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    gaps = _run_colocate_script(tmp_path, "full", launcher)
     assert len(gaps) == 3 and max(gaps) < 1e-3, gaps  # gathered over both processes' completions
