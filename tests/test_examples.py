@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -11,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_cli import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,10 +23,10 @@ def _require_vllm() -> None:
         import vllm  # noqa: F401
 
 
-def test_custom_reward_example_smoke(tmp_path):
-    out = tmp_path / "example_run"
+def _example_env(out: Path, **extra: str) -> dict:
+    """The environment an example script runs in: smoke mode, output into ``out``, this checkout's swift."""
     bin_dir = str(Path(sys.executable).parent)
-    env = {
+    return {
         **os.environ,
         "SMOKE": "1",
         "OUTPUT_DIR": str(out),
@@ -34,37 +34,23 @@ def test_custom_reward_example_smoke(tmp_path):
         "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
         "PYTHONPATH": str(REPO),
         "HF_HUB_OFFLINE": "1",
+        **extra,
     }
-    result = subprocess.run(
-        ["bash", str(REPO / "examples/scripts/cispo_custom_reward.sh")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = [json.loads(line) for line in (out / "logging.jsonl").read_text().splitlines()]
+
+
+def test_custom_reward_example_smoke(tmp_path):
+    _, metrics = _smoke("cispo_custom_reward.sh", tmp_path / "example_run")
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
     assert all("rewards/answer_match/mean" in m for m in metrics if "reward" in m)
 
 
 def _smoke(script: str, out: Path) -> tuple[subprocess.CompletedProcess, list[dict]]:
     """Run an example script with SMOKE=1 into ``out``; its result and logged metrics."""
-    bin_dir = str(Path(sys.executable).parent)
-    env = {
-        **os.environ,
-        "SMOKE": "1",
-        "OUTPUT_DIR": str(out),
-        "SWIFT": f"{sys.executable} -m swift_cispo",
-        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-        "PYTHONPATH": str(REPO),
-        "HF_HUB_OFFLINE": "1",
-    }
     result = subprocess.run(
-        ["bash", str(REPO / "examples/scripts" / script)], env=env, capture_output=True, text=True, timeout=300
+        ["bash", str(REPO / "examples/scripts" / script)], env=_example_env(out), capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return result, [json.loads(line) for line in (out / "logging.jsonl").read_text().splitlines()]
+    return result, read_metrics(out)
 
 
 def test_quickstart_example_smoke(tmp_path):
@@ -127,17 +113,7 @@ def _port_answers(port: int) -> bool:
 
 
 def _run_example(script: str, out: Path, port: int, *args: str) -> subprocess.CompletedProcess:
-    bin_dir = str(Path(sys.executable).parent)
-    env = {
-        **os.environ,
-        "SMOKE": "1",
-        "OUTPUT_DIR": str(out),
-        "PORT": str(port),
-        "SWIFT": f"{sys.executable} -m swift_cispo",
-        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-        "PYTHONPATH": str(REPO),
-        "HF_HUB_OFFLINE": "1",
-    }
+    env = _example_env(out, PORT=str(port))
     # Output to files, not pipes: a server left running would hold a pipe open and hang the run instead of failing it.
     log_out, log_err = out.with_suffix(".stdout"), out.with_suffix(".stderr")
     with log_out.open("w") as stdout, log_err.open("w") as stderr:
@@ -161,16 +137,12 @@ def _run_server_example(script: str, out: Path) -> subprocess.CompletedProcess:
     return result
 
 
-def _metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "logging.jsonl").read_text().splitlines()]
-
-
 def test_vllm_colocate_example_smoke(tmp_path):
     _require_vllm()
     out = tmp_path / "colocate_run"
     result = _run_example("cispo_vllm_colocate.sh", out, _free_ports(1)[0])
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = _metrics(out)
+    metrics = read_metrics(out)
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3]
     assert all(m["rollout/policy_lag"] == 0.0 for m in metrics if "rollout/policy_lag" in m)
 
@@ -180,7 +152,7 @@ def test_vllm_server_example_smoke_and_server_stopped(tmp_path):
     out = tmp_path / "server_run"
     result = _run_server_example("cispo_vllm_server.sh", out)
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = _metrics(out)
+    metrics = read_metrics(out)
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3]
     assert all(m["rollout/policy_lag"] == 0.0 for m in metrics if "rollout/policy_lag" in m)
 
@@ -191,7 +163,7 @@ def test_async_lag1_example_smoke_rollouts_one_step_old(tmp_path):
     result = _run_server_example("cispo_async_lag1_highoffpolicy.sh", out)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "--cispo_clip_convention offset" in result.stderr and "--async_generate true" in result.stderr
-    metrics = _metrics(out)
+    metrics = read_metrics(out)
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3]
     lags = [m["rollout/policy_lag"] for m in metrics if "rollout/policy_lag" in m]
     assert len(lags) >= 2 and lags[0] == 0.0 and all(lag == 1.0 for lag in lags[1:]), lags
