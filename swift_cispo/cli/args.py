@@ -220,6 +220,8 @@ TRAINING_FLAGS = (
     "bf16",
     "fp16",
     "use_cpu",
+    # scale-out (docs/distributed.md)
+    "deepspeed",
     # evaluation (on the --split_dataset_ratio hold-out)
     "eval_strategy",
     "eval_steps",
@@ -262,7 +264,6 @@ def training_arguments_class() -> type:
 # Flags of ms-swift / TRL that users will try and that belong to features not built yet:
 # rejected with a sentence saying so rather than reported as unknown, or silently ignored.
 NOT_YET_SUPPORTED = {
-    "deepspeed": "DeepSpeed",
     "lora_rank": "LoRA",
     "lora_alpha": "LoRA",
     "lora_dropout": "LoRA",

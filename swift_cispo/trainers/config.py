@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig as TRLGRPOConfig
 
+from ..distributed import resolve_deepspeed_config
 from ..losses import ROLLOUT_CORRECTION_MODES, available_losses, get_loss
 
 logger = logging.getLogger("swift_cispo")
@@ -168,6 +170,16 @@ class GRPOConfig(TRLGRPOConfig):
         default=False,
         metadata={"help": "Colocate mode on a GPU: move the training model to CPU memory while vLLM generates."},
     )
+    # Scale-out
+    deepspeed: str | None = field(  # the Python API also takes a config dict
+        default=None,
+        metadata={
+            "help": "DeepSpeed ZeRO: a built-in config (zero2, zero3, zero2_offload, zero3_offload: optimizer "
+            "state and, with offload, parameters kept in CPU memory) or a path to a DeepSpeed JSON config. Its "
+            "'auto' values (batch sizes, accumulation, clipping, precision, optimizer) come from the other flags. "
+            "Launch several processes with NPROC_PER_NODE=N; see docs/distributed.md."
+        },
+    )
 
     def __post_init__(self):
         get_loss(self.loss_type)  # raises with the registered names
@@ -192,13 +204,32 @@ class GRPOConfig(TRLGRPOConfig):
             )
         if self.rollout_importance_sampling_threshold <= 0:
             raise ValueError(f"rollout_importance_sampling_threshold must be > 0; got {self.rollout_importance_sampling_threshold}")
+        self.deepspeed = resolve_deepspeed_config(self.deepspeed)
         if self.bf16 is None:
             # TRL turns None into True, which on a machine without a bf16 GPU means a CPU autocast
             # (slow, and bf16 rounding in the log-probs); mixed precision only where the GPU has it.
             import torch
 
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.use_cpu
+        deepspeed_template = copy.deepcopy(self.deepspeed)
         super().__post_init__()
+        if deepspeed_template is not None:
+            self._fill_deepspeed_config(deepspeed_template)
+
+    def _fill_deepspeed_config(self, template: dict) -> None:
+        """Fill DeepSpeed's "auto" batch sizes with the real world size.
+
+        transformers fills them while the arguments are built, before the process group exists, so a
+        torchrun process counts a world of 1; ZeRO-3's ``zero.Init`` (run when the model is loaded) then
+        fails its batch-size check. Joining the world first and filling a fresh copy fixes that.
+        """
+        from accelerate.utils import DeepSpeedPlugin
+        from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+        _ = self.device  # sets up the process group (torchrun's env://) and self.distributed_state
+        self.hf_deepspeed_config = HfTrainerDeepSpeedConfig(template)  # also the config zero.Init will read
+        self.hf_deepspeed_config.trainer_config_process(self)
+        self.deepspeed_plugin = DeepSpeedPlugin(hf_ds_config=self.hf_deepspeed_config)
 
     def _check_vllm_options(self) -> None:
         import torch
@@ -280,3 +311,4 @@ class GRPOConfig(TRLGRPOConfig):
 
 
 __all__ = ["GRPOConfig", "DEFAULT_CISPO_EPSILON_HIGH", "available_losses"]
+

@@ -1,0 +1,46 @@
+"""Scale-out: DeepSpeed configs shipped with the package and the torchrun relaunch of ``swift rlhf``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DEEPSPEED_CONFIG_DIR = Path(__file__).parent / "deepspeed"
+
+#: Names accepted by ``--deepspeed`` besides a path to a JSON file.
+BUILTIN_DEEPSPEED = ("zero2", "zero3", "zero2_offload", "zero3_offload")
+
+
+def resolve_deepspeed_config(value: str | dict | None) -> dict | None:
+    """``--deepspeed`` value -> the DeepSpeed config dict (or None).
+
+    A built-in name loads the JSON shipped in ``swift_cispo/distributed/deepspeed/``; anything else must
+    be a JSON file. Its ``"auto"`` values are filled later by transformers from the trainer's flags
+    (batch sizes, accumulation, clipping, precision, optimizer settings), so a flag has one meaning
+    whether or not DeepSpeed is on.
+    """
+    if value is None or isinstance(value, dict):
+        return value
+    if value in BUILTIN_DEEPSPEED:
+        path = DEEPSPEED_CONFIG_DIR / f"{value}.json"
+    else:
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ValueError(
+                f"--deepspeed {value}: not a file and not a built-in config; use one of {', '.join(BUILTIN_DEEPSPEED)} "
+                "or a path to a DeepSpeed JSON config"
+            )
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"--deepspeed {value}: {path} is not valid JSON ({str(err).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"--deepspeed {value}: {path} must hold a JSON object of DeepSpeed settings")
+    stage = config.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"--deepspeed {value}: zero_optimization.stage must be 0, 1, 2 or 3; got {stage!r}")
+    return config
+
+
+def zero_stage(config: dict | None) -> int:
+    return int((config or {}).get("zero_optimization", {}).get("stage", 0))
