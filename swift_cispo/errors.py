@@ -6,3 +6,7 @@ class UserError(Exception):
 
     The message is one sentence naming what is wrong and what is allowed.
     """
+
+
+class NonFiniteError(UserError):
+    """The loss, the log-probs or the gradients became NaN or inf: training stops before the weights are updated."""

@@ -233,6 +233,7 @@ TRAINING_FLAGS = (
     "save_steps",
     "save_total_limit",
     "save_only_model",
+    "resume_from_checkpoint",
     "report_to",
     "log_completions",
 )
@@ -268,7 +269,6 @@ NOT_YET_SUPPORTED = {
     "lora_alpha": "LoRA",
     "lora_dropout": "LoRA",
     "target_modules": "LoRA",
-    "resume_from_checkpoint": "resuming",
 }
 
 #: ms-swift spells some flags two ways; the second name maps to the first.

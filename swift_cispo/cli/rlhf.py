@@ -55,13 +55,15 @@ def _as_tokens(name: str, value) -> list[str]:
     return [f"--{name}", *(("true" if v else "false") if isinstance(v, bool) else str(v) for v in values)]
 
 
-def resolve_output_dir(requested: str | None, loss_type: str) -> Path:
-    """A new folder for this run; an existing non-empty one is refused so nothing in it is overwritten."""
+def resolve_output_dir(requested: str | None, loss_type: str, resume: Path | None = None) -> Path:
+    """A new folder for this run; an existing non-empty one is refused so nothing in it is overwritten,
+    except the folder of the checkpoint the run resumes from (its default), where the run goes on."""
     if requested is None:
-        path = Path("output") / f"{loss_type}-{time.strftime('%Y%m%d-%H%M%S')}"
+        path = resume.parent if resume is not None else Path("output") / f"{loss_type}-{time.strftime('%Y%m%d-%H%M%S')}"
     else:
         path = Path(requested).expanduser()
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    continuing = resume is not None and path.resolve() == resume.resolve().parent
+    if not continuing and path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise UserError(f"output_dir {path} already exists and is not empty; give a new --output_dir so nothing in it is overwritten")
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -134,17 +136,28 @@ def run(argv: list[str]) -> int:
         raise UserError(f"--reward_funcs is required: name at least one reward (available: {', '.join(sorted(orms))})")
     reward_funcs = [reward_function(name, reward_options(rlhf_args, train_args)) for name in rlhf_args.reward_funcs]
 
+    from ..callbacks import check_reporting
+    from ..checkpoints import resolve_resume
     from ..trainers import GRPOConfig
 
-    output_dir = resolve_output_dir(train_args.output_dir, train_args.loss_type)
+    checkpoint, skipped = resolve_resume(train_args.resume_from_checkpoint, train_args.output_dir)
+    for folder, reason in skipped:
+        logger.warning("not resuming from %s: %s", folder, reason)
+    output_dir = resolve_output_dir(train_args.output_dir, train_args.loss_type, checkpoint)
     fields = dataclasses.asdict(train_args)
     fields["output_dir"] = str(output_dir)
+    fields["resume_from_checkpoint"] = None if checkpoint is None else str(checkpoint)
     fields["dataloader_pin_memory"] = _has_accelerator()  # pinning is pointless (and warns) on a CPU-only machine
     try:
         config = GRPOConfig(**fields)
     except ValueError as err:
         _remove_if_empty(output_dir)
         raise UserError(str(err).strip().splitlines()[0]) from None
+    try:
+        check_reporting(config.report_to)
+    except UserError:
+        _remove_if_empty(output_dir)
+        raise
     if config.reward_weights is not None and len(config.reward_weights) != len(reward_funcs):
         _remove_if_empty(output_dir)
         raise UserError(
@@ -211,8 +224,10 @@ def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path, ev
         trainer.args.max_steps if trainer.args.max_steps > 0 else -1,
         output_dir,
     )
+    if config.resume_from_checkpoint:
+        logger.info("resuming from %s", config.resume_from_checkpoint)
     try:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     except KeyboardInterrupt:
         logger.error("interrupted; checkpoints saved so far are in %s", output_dir)
         return 130

@@ -170,6 +170,23 @@ class GRPOConfig(TRLGRPOConfig):
         default=False,
         metadata={"help": "Colocate mode on a GPU: move the training model to CPU memory while vLLM generates."},
     )
+    # Run state and records (the CLI's meaning; the Python API passes the checkpoint to trainer.train())
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Continue a run from a checkpoint folder (OUT/checkpoint-N), or 'true'/'latest': the newest "
+            "complete checkpoint in --output_dir. The run goes on in that output dir, with the weights, optimizer, "
+            "scheduler, RNG, data position and pending rollouts of the checkpoint; logs of later steps are redone. "
+            "See docs/reliability.md."
+        },
+    )
+    log_completions: bool = field(
+        default=False,
+        metadata={
+            "help": "Write every rollout to completions.jsonl in the output dir: step, prompt, completion, each "
+            "reward function's value and the advantage, one row per completion."
+        },
+    )
     # Scale-out
     deepspeed: str | None = field(  # the Python API also takes a config dict
         default=None,

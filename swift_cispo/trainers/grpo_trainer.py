@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections import deque
+from pathlib import Path
 
 import torch
 from accelerate.utils import gather
 from trl import GRPOTrainer as TRLGRPOTrainer
 
+from ..callbacks import COMPLETIONS_FILE, NonFiniteGradientGuard, append_jsonl, completion_rows
+from ..checkpoints import load_rollout_state, save_rollout_state, saved_rollout_ranks
+from ..errors import NonFiniteError
 from ..losses import LossConfig, ReductionContext, get_loss, k3_kl, log_importance_ratio, rollout_correction
 from ..losses.reduction import REDUCTIONS
 from .config import GRPOConfig
@@ -71,6 +76,14 @@ class GRPOTrainer(TRLGRPOTrainer):
         # name -> [sum, token count] for means, name -> max for maxima.
         self._window_sums: dict[str, list] = {}
         self._window_maxima: dict[str, torch.Tensor] = {}
+        # --log_completions: this trainer writes completions.jsonl (one row per completion, once per
+        # rollout) in place of TRL's console table and per-log parquet copies of the same rows.
+        self._write_completions, self.log_completions = self.args.log_completions, False
+        _remove_if_empty(Path(self.args.output_dir) / "completions")
+        self._resume_checkpoint: str | None = None  # set while a resumed run has not yet restored its RNG
+        self._rng_restored_from: str | None = None
+        if not self.args.fp16:  # fp16's loss scaler expects (and skips) overflowing steps itself
+            self.add_callback(NonFiniteGradientGuard())
 
     # ------------------------------------------------------------------ rollouts
     def _build_rollout_backend(self):
@@ -155,6 +168,9 @@ class GRPOTrainer(TRLGRPOTrainer):
         batch_samples, num_items_in_batch = super().get_batch_samples(source, num_batches, device)
         if batch_samples:  # only the training loop calls this
             self.model.train()  # training_step would do it next; TRL's generation path reads this flag
+            if self._resume_checkpoint is not None:  # sample the first resumed rollout from the saved RNG
+                self._load_rng_state(self._resume_checkpoint)
+                self._resume_checkpoint = None
             self._window_inputs = self._prepare_window(batch_samples)
             if self.use_vllm and self.args.async_generate:
                 self._prefetch_next_rollout(epoch_iterator, len(batch_samples))
@@ -167,7 +183,10 @@ class GRPOTrainer(TRLGRPOTrainer):
         try:
             for offset, raw in enumerate(raw_batches):
                 self._step = first_step + offset  # TRL decides from _step when to generate and which slice to take
+                rollout_before = self._buffered_inputs
                 prepared.append(dict(super()._prepare_inputs(raw)))  # a copy: buffered slices are reused
+                if self._buffered_inputs is not rollout_before:
+                    self._log_completions_rows()
                 if self.use_vllm and self._step % generate_every == 0:
                     self._log_policy_lag()
         finally:
@@ -185,6 +204,50 @@ class GRPOTrainer(TRLGRPOTrainer):
         if not self.model.training:  # evaluation: no accumulation, the batch is its own window
             inputs["window_num_tokens"] = inputs["num_items_in_batch"].double()
         return inputs
+
+    def _log_completions_rows(self) -> None:
+        """--log_completions: append the rollout just generated (all processes' rows) to completions.jsonl."""
+        if self._write_completions and self.accelerator.is_main_process:
+            rows = completion_rows(self._logs, step=self.state.global_step + 1)  # the first step that trains on them
+            append_jsonl(Path(self.args.output_dir) / COMPLETIONS_FILE, rows)
+
+    # ------------------------------------------------------------------ checkpoints
+    # A checkpoint taken inside a generation window (steps_per_generation x num_iterations > 1) must
+    # carry the window's remaining rollouts and TRL's micro-step counter, or the resumed run would
+    # sample new rollouts from later weights and fall out of step with the generation schedule.
+    def _save_rng_state(self, output_dir):
+        super()._save_rng_state(output_dir)
+        # Saved with the RNG, before trainer_state.json, which transformers writes last and which
+        # swift_cispo.checkpoints takes as the mark of a complete checkpoint.
+        if not save_rollout_state(Path(output_dir), self.accelerator.process_index, self._step, self._buffered_inputs):
+            logger.warning("the rollout buffer holds non-tensor values: a run resumed from %s regenerates its window", output_dir)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        self._resume_checkpoint = checkpoint
+        # Every process restores its rollouts, or none does: a process generating alone would wait
+        # forever in the rollout's collectives (e.g. when resumed on a different number of processes).
+        if saved_rollout_ranks(Path(checkpoint)) == self.accelerator.num_processes:
+            self._step, self._buffered_inputs = load_rollout_state(
+                Path(checkpoint), self.accelerator.process_index, self.accelerator.device
+            )
+            return
+        # A checkpoint without rollout state (plain TRL): realign the generation schedule; a window cut
+        # in the middle is regenerated from the resumed weights.
+        self._step = self.state.global_step * self.args.gradient_accumulation_steps
+        if self._step % (self.args.steps_per_generation * self.num_iterations):
+            logger.warning("%s holds no rollout state: the rest of its generation window is regenerated", checkpoint)
+
+    def _load_rng_state(self, checkpoint):
+        # transformers restores the RNG after fetching the first resumed batches, and this trainer
+        # generates while fetching (get_batch_samples), so it restores it first, once: a second
+        # restore would rewind the RNG past the rollout just sampled.
+        if checkpoint is None or checkpoint == self._rng_restored_from:
+            return
+        super()._load_rng_state(checkpoint)
+        self._rng_restored_from = checkpoint
 
     # ------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs):
@@ -232,6 +295,13 @@ class GRPOTrainer(TRLGRPOTrainer):
             window_num_tokens=inputs.get("window_num_tokens"),
         )
         loss = REDUCTIONS[self.loss_spec.reduction](per_token_loss, mask, context)
+        if mode == "train":
+            problem = non_finite_problem(loss, log_probs, mask)
+            if problem:  # stop before backward and the optimizer step can write NaN into the weights
+                raise NonFiniteError(
+                    f"step {self.state.global_step + 1}: {problem}, so training stopped before the optimizer step; "
+                    "the weights and the checkpoints saved so far are unchanged"
+                )
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * aux_loss / context.gradient_accumulation_steps
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
@@ -290,6 +360,24 @@ class GRPOTrainer(TRLGRPOTrainer):
         for name, value in self._window_maxima.items():
             self._metrics[mode][name].append(value)
         self._window_sums, self._window_maxima = {}, {}
+
+
+def non_finite_problem(loss: torch.Tensor, log_probs: torch.Tensor, mask: torch.Tensor) -> str | None:
+    """What is NaN/inf among the loss and the completion tokens' log-probs, in words; None if all are finite."""
+    bad = (~torch.isfinite(log_probs.detach()) & mask.bool()).sum()
+    value, bad_log_probs = torch.stack([loss.detach().float(), bad.float()]).tolist()  # one device sync
+    bad_log_probs = int(bad_log_probs)
+    if math.isfinite(value) and not bad_log_probs:
+        return None
+    where = f"{bad_log_probs} completion-token log-probs are NaN or inf" if bad_log_probs else "the log-probs are finite"
+    return f"the loss is {value} ({where})"
+
+
+def _remove_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
 
 
 def _loss_mask(inputs: dict) -> torch.Tensor:
