@@ -73,6 +73,45 @@ def resolve_output_dir(requested: str | None, loss_type: str) -> Path:
     return path
 
 
+def launcher_output_dir(requested: str | None, loss_type: str, plan) -> Path:
+    """The launcher fixes the output folder once, so that every worker writes to the same one.
+
+    With several nodes each node's launcher runs this; only node 0 insists on a new folder, since on a
+    shared file system the others may already see what node 0 wrote.
+    """
+    if plan.nnodes > 1 and requested is None:
+        raise UserError("a run on several nodes needs --output_dir (the same path on every node)")
+    if plan.node_rank > 0:
+        path = Path(requested).expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        return path.resolve()
+    return resolve_output_dir(requested, loss_type).resolve()
+
+
+def worker_output_dir(requested: str | None) -> Path | None:
+    """In a torchrun worker: the folder its launcher prepared, or None when this process must check it itself.
+
+    Started by plain ``torchrun``, only rank 0 checks that the folder is new (the others would see the files
+    rank 0 writes); they need the same explicit --output_dir, since a timestamped default could differ.
+    """
+    import os
+
+    from ..distributed.launch import OUTPUT_DIR_ENV, global_rank, under_torchrun
+
+    if not under_torchrun() or int(os.environ["WORLD_SIZE"]) == 1 and OUTPUT_DIR_ENV not in os.environ:
+        return None
+    prepared = os.environ.get(OUTPUT_DIR_ENV)
+    if prepared and requested and Path(requested).expanduser().resolve() == Path(prepared):
+        return Path(prepared)
+    if requested is None:
+        raise UserError("under torchrun give --output_dir, so that every process writes to the same folder")
+    if global_rank() == 0:
+        return None
+    path = Path(requested).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def check_model_source(source: str) -> None:
     """Fail fast on a model path that cannot exist, before any dataset or weights are read."""
     from ..data import _looks_like_hub_id
@@ -107,6 +146,13 @@ def load_model_and_tokenizer(model_args: ModelArguments):
 def run(argv: list[str]) -> int:
     model_args, data_args, rlhf_args, train_args, demo = parse(argv)
 
+    from ..distributed.launch import launch, launch_plan
+
+    plan = launch_plan(needs_launcher=bool(train_args.deepspeed))
+    if plan is not None:  # NPROC_PER_NODE / NNODES (or DeepSpeed): this process only starts the workers
+        output_dir = launcher_output_dir(train_args.output_dir, train_args.loss_type, plan)
+        return launch(plan, "rlhf", [*argv, "--output_dir", str(output_dir)], str(output_dir))
+
     from .. import plugins
     from ..rewards import reward_function
 
@@ -126,6 +172,7 @@ def run(argv: list[str]) -> int:
     from ..rewards import orms
 
     columns = parse_columns(data_args.columns)
+    peft_config = lora_config(model_args)
     if _strategy(train_args.eval_strategy) != "no" and data_args.split_dataset_ratio == 0:
         raise UserError(
             f"--eval_strategy {_strategy(train_args.eval_strategy)} needs an evaluation set: hold one out with --split_dataset_ratio"
@@ -136,7 +183,7 @@ def run(argv: list[str]) -> int:
 
     from ..trainers import GRPOConfig
 
-    output_dir = resolve_output_dir(train_args.output_dir, train_args.loss_type)
+    output_dir = worker_output_dir(train_args.output_dir) or resolve_output_dir(train_args.output_dir, train_args.loss_type)
     fields = dataclasses.asdict(train_args)
     fields["output_dir"] = str(output_dir)
     fields["dataloader_pin_memory"] = _has_accelerator()  # pinning is pointless (and warns) on a CPU-only machine
@@ -162,7 +209,7 @@ def run(argv: list[str]) -> int:
         strategy = _strategy(config.eval_strategy)
         when = f"every {config.eval_steps:g} steps" if strategy == "steps" else f"(eval_strategy {strategy})"
         logger.info("holding out %d of %d rows for evaluation %s", len(eval_dataset), len(dataset) + len(eval_dataset), when)
-    return _train(model, tokenizer, reward_funcs, config, dataset, output_dir, eval_dataset)
+    return _train(model, tokenizer, reward_funcs, config, dataset, output_dir, eval_dataset, peft_config)
 
 
 def reward_options(rlhf_args: RLHFArguments, train_args) -> dict:
@@ -178,7 +225,29 @@ def _strategy(value) -> str:
     return str(getattr(value, "value", value))
 
 
-def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path, eval_dataset=None) -> int:
+def lora_config(model_args: ModelArguments):
+    """``--train_type lora`` -> peft's LoraConfig for a causal LM (None for full training)."""
+    if model_args.train_type != "lora":
+        return None
+    if model_args.lora_rank < 1:
+        raise UserError(f"--lora_rank must be a whole number >= 1; got {model_args.lora_rank}")
+    if model_args.lora_alpha <= 0:
+        raise UserError(f"--lora_alpha must be > 0; got {model_args.lora_alpha}")
+    if not 0 <= model_args.lora_dropout < 1:
+        raise UserError(f"--lora_dropout must be in [0, 1); got {model_args.lora_dropout}")
+    from peft import LoraConfig, TaskType
+
+    modules = model_args.target_modules
+    return LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=model_args.lora_rank,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules="all-linear" if modules == ["all-linear"] else modules,  # peft's spelling of the shorthand
+    )
+
+
+def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path, eval_dataset=None, peft_config=None) -> int:
     from transformers.trainer_callback import ProgressCallback
 
     from ..callbacks import CURVES_FILE, METRICS_FILE, MetricsFileCallback
@@ -197,7 +266,13 @@ def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path, ev
             train_dataset=dataset,
             eval_dataset=eval_dataset,
             callbacks=[metrics],
+            peft_config=peft_config,
         )
+    except ValueError as err:
+        if peft_config is None or "target modules" not in str(err).lower():
+            raise
+        _remove_if_empty(output_dir)
+        raise UserError(f"--target_modules {' '.join(peft_config.target_modules)}: {str(err).splitlines()[0]}") from None
     except RolloutServerError:
         _remove_if_empty(output_dir)
         raise
