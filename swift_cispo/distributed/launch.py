@@ -107,6 +107,10 @@ def torchrun_arguments(plan: LaunchPlan, subcommand: str, argv: list[str]) -> li
     ]  # fmt: skip
 
 
+def _processes(count: int) -> str:
+    return f"{count} process" if count == 1 else f"{count} processes"
+
+
 def launch(plan: LaunchPlan, subcommand: str, argv: list[str], output_dir: str) -> int:
     """Start the workers of this node and wait for them; the exit status of the first that failed, or 0."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -121,8 +125,8 @@ def launch(plan: LaunchPlan, subcommand: str, argv: list[str], output_dir: str) 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # what torchrun sets too; said here so it does not warn
     config, command, command_args = config_from_args(parse_args(torchrun_arguments(plan, subcommand, argv)))
     logger.info(
-        "starting %d processes on this node (node %d of %d, %d in all; rendezvous %s:%d)",
-        plan.nproc_per_node, plan.node_rank, plan.nnodes, plan.world_size, plan.master_addr, plan.master_port,
+        "starting %s on this node (NODE_RANK %d of NNODES %d, %d in all; rendezvous %s:%d)",
+        _processes(plan.nproc_per_node), plan.node_rank, plan.nnodes, plan.world_size, plan.master_addr, plan.master_port,
     )  # fmt: skip
     try:
         elastic_launch(config=config, entrypoint=command)(*command_args)
