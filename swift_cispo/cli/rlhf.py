@@ -150,53 +150,22 @@ def run(argv: list[str]) -> int:
 
     plan = launch_plan(needs_launcher=bool(train_args.deepspeed))
     if plan is not None:  # NPROC_PER_NODE / NNODES (or DeepSpeed): this process only starts the workers
+        # Check everything a worker would check before loading data, so a mistake is reported once, not N times.
+        with _quiet():
+            _, _, reward_funcs = prepare(model_args, data_args, rlhf_args, train_args, demo)
+            build_config(train_args, Path(train_args.output_dir or "output"), len(reward_funcs), validate_only=True)
         output_dir = launcher_output_dir(train_args.output_dir, train_args.loss_type, plan)
         return launch(plan, "rlhf", [*argv, "--output_dir", str(output_dir)], str(output_dir))
 
-    from .. import plugins
-    from ..rewards import reward_function
-
-    plugins.load_plugins(rlhf_args.external_plugins)  # before the config: a plugin may register the loss
-
-    if demo:
-        from ..demo import DEMO_DATASET_PATH, DEMO_HPARAMS, DEMO_MODEL_DIR
-
-        model_args.model = str(DEMO_MODEL_DIR)
-        data_args.dataset = [str(DEMO_DATASET_PATH)]
-        rlhf_args.reward_funcs = rlhf_args.reward_funcs or ["exact_match"]
-        shown = ", ".join(f"{k}={getattr(train_args, k)}" for k in DEMO_HPARAMS)
-        logger.info("no --model/--dataset given: training the embedded demo (%s)", DEMO_DATASET_PATH.name)
-        logger.info("demo settings (override any with its flag): %s", shown)
-    check_model_source(model_args.model)
-    from ..data import load_datasets, parse_columns, split_for_evaluation
-    from ..rewards import orms
-
-    columns = parse_columns(data_args.columns)
-    peft_config = lora_config(model_args)
-    if _strategy(train_args.eval_strategy) != "no" and data_args.split_dataset_ratio == 0:
-        raise UserError(
-            f"--eval_strategy {_strategy(train_args.eval_strategy)} needs an evaluation set: hold one out with --split_dataset_ratio"
-        )
-    if not rlhf_args.reward_funcs:
-        raise UserError(f"--reward_funcs is required: name at least one reward (available: {', '.join(sorted(orms))})")
-    reward_funcs = [reward_function(name, reward_options(rlhf_args, train_args)) for name in rlhf_args.reward_funcs]
-
-    from ..trainers import GRPOConfig
-
+    columns, peft_config, reward_funcs = prepare(model_args, data_args, rlhf_args, train_args, demo)
     output_dir = worker_output_dir(train_args.output_dir) or resolve_output_dir(train_args.output_dir, train_args.loss_type)
-    fields = dataclasses.asdict(train_args)
-    fields["output_dir"] = str(output_dir)
-    fields["dataloader_pin_memory"] = _has_accelerator()  # pinning is pointless (and warns) on a CPU-only machine
     try:
-        config = GRPOConfig(**fields)
-    except ValueError as err:
+        config = build_config(train_args, output_dir, len(reward_funcs))
+    except UserError:
         _remove_if_empty(output_dir)
-        raise UserError(str(err).strip().splitlines()[0]) from None
-    if config.reward_weights is not None and len(config.reward_weights) != len(reward_funcs):
-        _remove_if_empty(output_dir)
-        raise UserError(
-            f"--reward_weights has {len(config.reward_weights)} values for {len(reward_funcs)} reward functions; give one per function"
-        )
+        raise
+
+    from ..data import load_datasets, split_for_evaluation
 
     try:
         dataset = load_datasets(data_args.dataset, seed=config.seed, system=data_args.system, columns=columns)
@@ -210,6 +179,71 @@ def run(argv: list[str]) -> int:
         when = f"every {config.eval_steps:g} steps" if strategy == "steps" else f"(eval_strategy {strategy})"
         logger.info("holding out %d of %d rows for evaluation %s", len(eval_dataset), len(dataset) + len(eval_dataset), when)
     return _train(model, tokenizer, reward_funcs, config, dataset, output_dir, eval_dataset, peft_config)
+
+
+def prepare(model_args: ModelArguments, data_args: DataArguments, rlhf_args: RLHFArguments, train_args, demo: bool):
+    """The checks and objects that need no data or weights: plugins, the demo's paths, columns, LoRA, rewards."""
+    from .. import plugins
+    from ..rewards import orms, reward_function
+
+    plugins.load_plugins(rlhf_args.external_plugins)  # before the config: a plugin may register the loss
+    if demo:
+        from ..demo import DEMO_DATASET_PATH, DEMO_HPARAMS, DEMO_MODEL_DIR
+
+        model_args.model = str(DEMO_MODEL_DIR)
+        data_args.dataset = [str(DEMO_DATASET_PATH)]
+        rlhf_args.reward_funcs = rlhf_args.reward_funcs or ["exact_match"]
+        shown = ", ".join(f"{k}={getattr(train_args, k)}" for k in DEMO_HPARAMS)
+        logger.info("no --model/--dataset given: training the embedded demo (%s)", DEMO_DATASET_PATH.name)
+        logger.info("demo settings (override any with its flag): %s", shown)
+    check_model_source(model_args.model)
+    from ..data import parse_columns
+
+    columns = parse_columns(data_args.columns)
+    peft_config = lora_config(model_args)
+    if _strategy(train_args.eval_strategy) != "no" and data_args.split_dataset_ratio == 0:
+        raise UserError(
+            f"--eval_strategy {_strategy(train_args.eval_strategy)} needs an evaluation set: hold one out with --split_dataset_ratio"
+        )
+    if not rlhf_args.reward_funcs:
+        raise UserError(f"--reward_funcs is required: name at least one reward (available: {', '.join(sorted(orms))})")
+    reward_funcs = [reward_function(name, reward_options(rlhf_args, train_args)) for name in rlhf_args.reward_funcs]
+    return columns, peft_config, reward_funcs
+
+
+def build_config(train_args, output_dir: Path, num_rewards: int, validate_only: bool = False):
+    """The trainer's GRPOConfig from the training flags; its ValueErrors become one-sentence UserErrors.
+
+    ``validate_only`` (the launcher): check the flags without joining a process group for DeepSpeed.
+    """
+    from ..distributed import resolve_deepspeed_config
+    from ..trainers import GRPOConfig
+
+    fields = dataclasses.asdict(train_args)
+    fields["output_dir"] = str(output_dir)
+    fields["dataloader_pin_memory"] = _has_accelerator()  # pinning is pointless (and warns) on a CPU-only machine
+    try:
+        if validate_only:
+            resolve_deepspeed_config(fields.pop("deepspeed"))
+        config = GRPOConfig(**fields)
+    except ValueError as err:
+        raise UserError(str(err).strip().splitlines()[0]) from None
+    if config.reward_weights is not None and len(config.reward_weights) != num_rewards:
+        raise UserError(
+            f"--reward_weights has {len(config.reward_weights)} values for {num_rewards} reward functions; give one per function"
+        )
+    return config
+
+
+class _quiet:
+    """Silence swift-cispo's info logs for a block (the launcher's checks; the workers log the same)."""
+
+    def __enter__(self):
+        self.level = logger.level
+        logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        logger.setLevel(self.level)
 
 
 def reward_options(rlhf_args: RLHFArguments, train_args) -> dict:
