@@ -295,7 +295,7 @@ def test_colocate_with_two_processes_keeps_every_engine_in_sync(tmp_path):
 
 def test_colocate_under_zero3_with_two_processes_syncs_the_gathered_weights(tmp_path):
     # ZeRO-3 holds half of each parameter per process; each engine must get the whole, updated tensors
-    # (gathered, and copied before the gather is released), or its log-probs drift from the trainer's.
+    # (gathered by every process together), or its log-probs drift from the trainer's.
     out = tmp_path / "colocate_zero3"
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "NPROC_PER_NODE": "2"}
     result = subprocess.run(
