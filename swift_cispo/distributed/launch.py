@@ -113,6 +113,7 @@ def _processes(count: int) -> str:
 
 def launch(plan: LaunchPlan, subcommand: str, argv: list[str], output_dir: str) -> int:
     """Start the workers of this node and wait for them; the exit status of the first that failed, or 0."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
     from torch.distributed.run import config_from_args, parse_args
@@ -139,6 +140,8 @@ def launch(plan: LaunchPlan, subcommand: str, argv: list[str], output_dir: str) 
             file=sys.stderr,
         )
         return code
-    except KeyboardInterrupt:
-        return 130
+    except (KeyboardInterrupt, SignalException) as err:  # Ctrl-C or a kill: the workers have been stopped
+        signal_number = getattr(err, "sigval", None)
+        logger.error("stopped by %s; checkpoints saved so far are in %s", getattr(signal_number, "name", "Ctrl-C"), output_dir)
+        return 128 + int(signal_number) if signal_number is not None else 130
     return 0
