@@ -156,6 +156,18 @@ def microbatch_norm(enabled: bool):
         reduction.REDUCTIONS["global_token_mean"] = original
 
 
+@contextlib.contextmanager
+def gathered(model, enabled: bool):
+    """ZeRO-3 keeps 1/W of each parameter per rank: gather the full tensors to read them."""
+    if not enabled:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters())):
+        yield
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
@@ -176,9 +188,9 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
 
-    def load_model():
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float64)
-        model.to(torch.float64)
+    def load_model(dtype=torch.float64):
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+        model.to(dtype)  # (a no-op under ZeRO-3, whose partitions are created in the loaded dtype)
         return model
 
     pool = fixed_rows(load_model().eval())
@@ -232,11 +244,14 @@ def main() -> None:
             if STEP_ROWS % (world * ga):
                 raise ValueError(f"{STEP_ROWS} step rows cannot be split over {world} ranks x GA {ga}")
             batch = STEP_ROWS // (world * ga)
+            dtype = getattr(torch, run.get("dtype", "float64"))
+            deepspeed = run.get("deepspeed")  # a built-in config name: DeepSpeed ZeRO (float32: ZeRO has no float64)
             for loss_name in run["losses"]:
                 loss_type, _, variant = loss_name.partition("@")
-                model = load_model()
+                model = load_model(dtype)
                 before = {n: p.detach().clone() for n, p in model.named_parameters()}
                 config = GRPOConfig(
+                    deepspeed=deepspeed,
                     output_dir=os.path.join(scratch, f"{run['name']}_{loss_name}"),
                     per_device_train_batch_size=batch,
                     gradient_accumulation_steps=ga,
@@ -264,6 +279,9 @@ def main() -> None:
                     disable_tqdm=True,
                     seed=0,
                 )
+                if deepspeed == "zero3":  # its model must be built after the config, partitioned by zero.Init
+                    del model
+                    model = load_model(dtype)
                 trainer = FixedRolloutTrainer(
                     model=model,
                     reward_funcs=reward,
@@ -282,8 +300,9 @@ def main() -> None:
                 expected_rounds = -(-ga // spg)  # ceil: SPG < GA needs GA / SPG generation rounds
                 assert trainer._round == expected_rounds, (trainer._round, expected_rounds)
                 unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-                delta = {n: (p.detach() - before[n]) for n, p in unwrapped.named_parameters()}
-                assert all(d.dtype == torch.float64 for d in delta.values())
+                with gathered(unwrapped, enabled=deepspeed == "zero3"):
+                    delta = {n: (p.detach() - before[n]) for n, p in unwrapped.named_parameters()}
+                assert all(d.dtype == dtype for d in delta.values())
                 if rank == 0:
                     torch.save(
                         {
@@ -296,6 +315,10 @@ def main() -> None:
                     )
                 trainer.accelerator.wait_for_everyone()
                 del trainer, model
+                if deepspeed:  # forget the config transformers keeps globally (ZeRO-3 would partition the next load)
+                    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+                    unset_hf_deepspeed_config()
 
     if rank == 0:
         mask = pool["completion_mask"][:STEP_ROWS].bool()

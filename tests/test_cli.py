@@ -148,11 +148,6 @@ def test_unknown_flag_suggests_the_right_one(tmp_path):
     assert_clean_error(swift("rlhf", "--epsilon_hihg", "5", cwd=tmp_path), "unknown flag --epsilon_hihg", "--epsilon_high")
 
 
-def test_flag_of_a_feature_not_built_yet(tmp_path):
-    assert_clean_error(swift("rlhf", "--deepspeed", "ds_zero2.json", cwd=tmp_path), "--deepspeed is not supported yet")
-    assert_clean_error(swift("rlhf", "--tuner_type", "lora", cwd=tmp_path), "--train_type lora is not supported yet")
-
-
 @pytest.mark.parametrize(
     "flags,fragments",
     [

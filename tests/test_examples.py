@@ -44,10 +44,10 @@ def test_custom_reward_example_smoke(tmp_path):
     assert all("rewards/answer_match/mean" in m for m in metrics if "reward" in m)
 
 
-def _smoke(script: str, out: Path) -> tuple[subprocess.CompletedProcess, list[dict]]:
+def _smoke(script: str, out: Path, **env: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
     """Run an example script with SMOKE=1 into ``out``; its result and logged metrics."""
     result = subprocess.run(
-        ["bash", str(REPO / "examples/scripts" / script)], env=_example_env(out), capture_output=True, text=True, timeout=300
+        ["bash", str(REPO / "examples/scripts" / script)], env=_example_env(out, **env), capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result, read_metrics(out)
@@ -77,6 +77,32 @@ def test_math_accuracy_format_example_smoke(tmp_path):
     # the demo model answers right about a third of the time and never writes <think> tags
     assert sum(m["rewards/accuracy/mean"] for m in train) > 0 and all(m["rewards/format/mean"] == 0 for m in train)
     assert [m["step"] for m in metrics if "eval_rewards/accuracy/mean" in m] == [1, 2]
+
+
+# ------------------------------------------------------------------------------------- scale-out examples
+def test_lora_example_smoke_saves_the_adapter_and_merges_it(tmp_path):
+    out = tmp_path / "lora_run"
+    result, metrics = _smoke("cispo_lora.sh", out)
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
+    assert "--train_type lora" in result.stderr and (out / "adapter_model.safetensors").is_file()
+    merged = Path(f"{out}-merged")
+    assert (merged / "model.safetensors").is_file() and (merged / "config.json").is_file()
+
+
+def test_multi_gpu_example_smoke_lora_under_zero2_two_processes(tmp_path):
+    out = tmp_path / "multi_gpu_run"
+    result, metrics = _smoke("cispo_multi_gpu.sh", out, DEEPSPEED="zero2", TRAIN_TYPE="lora")
+    assert "starting 2 processes on this node" in result.stderr and "--deepspeed zero2" in result.stderr
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_multi_node_example_smoke_two_launchers_one_run(tmp_path):
+    out = tmp_path / "multi_node_run"
+    result, metrics = _smoke("cispo_multi_node.sh", out, MASTER_PORT=str(_free_ports(1)[0]))
+    assert "NODE_RANK 0 of NNODES 2, 2 in all" in result.stderr and "NODE_RANK 1 of NNODES 2, 2 in all" in result.stderr
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2]  # one run: only global rank 0 logs
+    assert (out / "model.safetensors").is_file()
 
 
 # ------------------------------------------------------------------------------------- vLLM examples
@@ -169,3 +195,16 @@ def test_async_lag1_example_smoke_rollouts_one_step_old(tmp_path):
     assert len(lags) >= 2 and lags[0] == 0.0 and all(lag == 1.0 for lag in lags[1:]), lags
     # Two updates per rollout: the second step trains on a rollout the policy has moved away from.
     assert next(m for m in metrics if m["step"] == 2)["cispo/is_ratio_max"] != 1.0
+
+
+def test_vllm_server_node_example_smoke_two_training_processes(tmp_path):
+    _require_vllm()
+    out = tmp_path / "server_node_run"
+    result = _run_server_example("cispo_vllm_server_node.sh", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "starting 2 processes on this node" in result.stderr
+    metrics = read_metrics(out)
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
+    # fresh rollouts from the server every step, synced with the weights of both processes' shared model
+    assert all(m["rollout/policy_lag"] == 0.0 for m in metrics if "rollout/policy_lag" in m)
+    assert max(m["sampling/sampling_logp_difference/mean"] for m in metrics if "sampling/sampling_logp_difference/mean" in m) < 1e-3

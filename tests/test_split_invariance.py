@@ -94,6 +94,26 @@ CONFIGS: dict[str, tuple[int, int, int, bool, list[str]]] = {
 }
 
 
+# DeepSpeed ZeRO (issue: 1 and 2 processes take the same first step). ZeRO has no float64, so these
+# runs and their 1-process reference are float32: name -> (world size, GA, deepspeed config).
+ZERO_LOSSES = ["cispo", "grpo"]
+ZERO_CONFIGS: dict[str, tuple[int, int, str | None]] = {
+    "f32_ref": (1, 1, None),
+    "w2_zero2": (2, 1, "zero2"),
+    "w2_zero2_ga2": (2, 2, "zero2"),
+    "w2_zero3": (2, 1, "zero3"),
+    "w2_zero3_ga2": (2, 2, "zero3"),
+}
+
+
+def _zero_runs(world: int) -> list[dict]:
+    return [
+        {"name": name, "ga": ga, "spg": ga, "shuffle": True, "losses": ZERO_LOSSES, "dtype": "float32", "deepspeed": ds}
+        for name, (w, ga, ds) in ZERO_CONFIGS.items()
+        if w == world
+    ]
+
+
 def _save_float64_model(path: Path) -> Path:
     """The demo-shaped random model of ``conftest.build_tiny_model``, saved in float64."""
     from swift_cispo.demo.tiny import build_model, build_tokenizer
@@ -115,12 +135,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _launch(world: int, model_dir: Path, out: Path) -> float:
-    runs = [
+def _launch_runs(world: int) -> list[dict]:
+    return [
         {"name": name, "ga": ga, "spg": spg, "shuffle": shuffle, "losses": losses}
         for name, (w, ga, spg, shuffle, losses) in CONFIGS.items()
         if w == world
     ]
+
+
+def _launch(world: int, model_dir: Path, out: Path, runs: list[dict] | None = None) -> float:
+    runs = _launch_runs(world) if runs is None else runs
     args = ["--model", str(model_dir), "--out", str(out), "--runs", json.dumps(runs)]
     if world == 1:
         cmd = [sys.executable, str(WORKER), *args]
@@ -149,10 +173,12 @@ def results(tmp_path_factory) -> dict[str, dict]:
     root = tmp_path_factory.mktemp("split_invariance")
     model_dir = _save_float64_model(root / "model")
     out = root / "out"
-    for world in (1, 2):
-        _launch(world, model_dir, out)
+    _launch(1, model_dir, out, [*_launch_runs(1), *_zero_runs(1)])
+    _launch(2, model_dir, out)
+    _launch(2, model_dir, out, _zero_runs(2))  # its own processes: DeepSpeed's global state stays out of the others
     loaded = {p.stem: torch.load(p, weights_only=False) for p in out.glob("*.pt")}
     expected = {f"{name}__{loss}" for name, (*_, losses) in CONFIGS.items() for loss in losses} | {"meta"}
+    expected |= {f"{name}__{loss}" for name in ZERO_CONFIGS for loss in ZERO_LOSSES}
     assert expected <= set(loaded), sorted(expected - set(loaded))
     return loaded
 
@@ -231,6 +257,24 @@ def test_negative_control_per_microbatch_normalisation_is_caught(results, config
     assert relative_error(results, config, loss, reference_loss=reference_loss) > NEGATIVE_MIN_ERROR
 
 
+@pytest.mark.parametrize("config", [name for name in ZERO_CONFIGS if name != "f32_ref"])
+@pytest.mark.parametrize("loss", ZERO_LOSSES)
+def test_zero_two_processes_take_the_one_process_step(results, config, loss):
+    """DeepSpeed ZeRO-2/3 with 2 processes (gloo) and the same rollout: the first optimizer step's update
+    equals the 1-process float32 one (SGD, lr 1: the update is -grad) to relative 1e-5."""
+    assert results[f"{config}__{loss}"]["world"] == 2
+    error = relative_error(results, config, loss, reference="f32_ref")
+    assert error < TOLERANCE, f"{config} / {loss}: relative update error {error:.3e} vs 1 process"
+
+
+def test_zero_reference_is_float32_and_moves(results):
+    delta = results["f32_ref__cispo"]["delta"]
+    assert all(d.dtype == torch.float32 for d in delta.values())
+    assert _flat(results["f32_ref__cispo"]).norm() > 1e-3
+    # float32 and float64 steps agree only to float32 precision: the comparison above is float32 against float32
+    assert 0 < relative_error(results, "f32_ref", "cispo") < 1e-4
+
+
 def test_report_table(results):
     """Not an assertion: prints the (configuration, loss, relative error) table (``pytest -s`` to see it)."""
     rows = []
@@ -240,4 +284,8 @@ def test_report_table(results):
             error = relative_error(results, name, loss, reference_loss=ref_loss)
             counts = results[f"{name}__{loss}"]["window_counts"]
             rows.append(f"{name:13s} W={world} GA={ga} SPG={spg} shuffle={shuffle!s:5s} {loss:22s} {error:.3e}  window_counts={counts}")
+    for name, (world, ga, ds) in ZERO_CONFIGS.items():
+        for loss in ZERO_LOSSES:
+            error = relative_error(results, name, loss, reference="f32_ref")
+            rows.append(f"{name:13s} W={world} GA={ga} deepspeed={ds!s:5s} float32 {loss:14s} {error:.3e} (vs f32_ref)")
     print("\n" + "\n".join(rows))

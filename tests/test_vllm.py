@@ -291,3 +291,21 @@ def test_colocate_with_two_processes_keeps_every_engine_in_sync(tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
     gaps = _run_colocate_script(tmp_path, "full", launcher)
     assert len(gaps) == 3 and max(gaps) < 1e-3, gaps  # gathered over both processes' completions
+
+
+def test_colocate_under_zero3_with_two_processes_syncs_the_gathered_weights(tmp_path):
+    # ZeRO-3 holds half of each parameter per process; each engine must get the whole, updated tensors
+    # (gathered by every process together), or its log-probs drift from the trainer's.
+    out = tmp_path / "colocate_zero3"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "NPROC_PER_NODE": "2"}
+    result = subprocess.run(
+        [sys.executable, "-m", "swift_cispo", "rlhf", "--use_vllm", "true", "--vllm_mode", "colocate", "--deepspeed", "zero3",
+         *AGGRESSIVE, "--per_device_train_batch_size", "16", "--max_steps", "3", "--output_dir", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "starting 2 processes" in result.stderr
+    gaps = _gaps(out)
+    assert len(gaps) == 3 and max(gaps) < 1e-3, gaps
+    losses = [m["loss"] for m in read_metrics(out) if "loss" in m]
+    assert len(set(losses)) > 1

@@ -39,7 +39,23 @@ class ModelArguments:
     )
     train_type: str = field(
         default="full",
-        metadata={"help": "What is trained: 'full' (all weights). Alias: --tuner_type.", "choices": ["full"]},
+        metadata={
+            "help": "What is trained: 'full' (all weights) or 'lora' (low-rank adapters through peft; the base weights "
+            "stay frozen and the output dir holds the adapter). Alias: --tuner_type.",
+            "choices": ["full", "lora"],
+        },
+    )
+    lora_rank: int = field(default=8, metadata={"help": "--train_type lora: rank r of each adapter's A (r x in) and B (out x r)."})
+    lora_alpha: int = field(
+        default=32, metadata={"help": "--train_type lora: scale of the adapter's output, alpha / r (peft's lora_alpha)."}
+    )
+    lora_dropout: float = field(default=0.05, metadata={"help": "--train_type lora: dropout on the adapter's input."})
+    target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"],
+        metadata={
+            "help": "--train_type lora: module names (or name suffixes) that get adapters; 'all-linear' means every "
+            "linear layer except the output head."
+        },
     )
     trust_remote_code: bool = field(
         default=False,
@@ -264,12 +280,7 @@ def training_arguments_class() -> type:
 
 # Flags of ms-swift / TRL that users will try and that belong to features not built yet:
 # rejected with a sentence saying so rather than reported as unknown, or silently ignored.
-NOT_YET_SUPPORTED = {
-    "lora_rank": "LoRA",
-    "lora_alpha": "LoRA",
-    "lora_dropout": "LoRA",
-    "target_modules": "LoRA",
-}
+NOT_YET_SUPPORTED: dict[str, str] = {}
 
 #: ms-swift spells some flags two ways; the second name maps to the first.
 ALIASES = {"tuner_type": "train_type", "vllm_max_model_len": "vllm_max_model_length"}

@@ -11,6 +11,7 @@ from ..errors import UserError
 SUBCOMMANDS = {
     "rlhf": "train a policy with CISPO or another GRPO-family loss",
     "rollout": "serve a model with vLLM for --vllm_mode server",
+    "export": "merge a LoRA adapter into its base model (--adapters DIR --merge_lora true)",
 }
 
 USAGE = "usage: swift <subcommand> [flags]\n\nsubcommands:\n" + "\n".join(
@@ -18,13 +19,22 @@ USAGE = "usage: swift <subcommand> [flags]\n\nsubcommands:\n" + "\n".join(
 ) + "\n\nrun 'swift <subcommand> --help' for its flags"
 
 
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
 def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[swift-cispo] %(message)s"))
     log = logging.getLogger("swift_cispo")
     log.handlers[:] = [handler]
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.INFO if _rank() == 0 else logging.ERROR)  # one process tells the story
     log.propagate = False
+
+
+def _error(command: str, err: Exception) -> None:
+    where = f" (process {_rank()})" if _rank() > 0 else ""
+    print(f"swift {command}: error{where}: {err}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,14 +60,18 @@ def main(argv: list[str] | None = None) -> int:
             from . import rollout
 
             return rollout.run(rest)
+        if command == "export":
+            from . import export
+
+            return export.run(rest)
         from . import rlhf
 
         return rlhf.run(rest)
     except UserError as err:
-        print(f"swift {command}: error: {err}", file=sys.stderr)
+        _error(command, err)
         return 2
     except RolloutServerError as err:  # a failure of the environment, not of the command line
-        print(f"swift {command}: error: {err}", file=sys.stderr)
+        _error(command, err)
         return 1
 
 

@@ -115,8 +115,8 @@ def explicit_flags(argv: list[str]) -> set[str]:
 
 def reject_unsupported(argv: list[str], known: list[str]) -> None:
     for index, token in enumerate(argv[:-1]):
-        if token == "--train_type" and argv[index + 1] in ("lora", "qlora", "adalora"):
-            raise UserError(f"--train_type {argv[index + 1]} is not supported yet (LoRA is planned); use --train_type full")
+        if token == "--train_type" and argv[index + 1] in ("qlora", "adalora", "longlora", "dora"):
+            raise UserError(f"--train_type {argv[index + 1]} is not supported; use --train_type full or lora")
     for name in explicit_flags(argv):
         if f"--{name}" in known:
             continue

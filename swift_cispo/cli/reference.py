@@ -1,4 +1,4 @@
-"""The ``swift rlhf`` and ``swift rollout`` flag reference (docs/cli.md), rendered from the argument dataclasses."""
+"""The ``swift rlhf``, ``swift rollout`` and ``swift export`` flag reference (docs/cli.md), rendered from the argument dataclasses."""
 
 from __future__ import annotations
 
@@ -40,10 +40,11 @@ def _table(cls) -> list[str]:
 
 
 def render() -> str:
+    from .export import ExportArguments
     from .rollout import RolloutArguments
 
     lines = [
-        "# `swift rlhf` and `swift rollout` flags",
+        "# `swift rlhf`, `swift rollout` and `swift export` flags",
         "",
         "Generated from the argument dataclasses by `python scripts/gen_cli_reference.py`; a test checks that",
         "this file is current. Every flag can also be a key of a YAML/JSON config file",
@@ -54,14 +55,15 @@ def render() -> str:
         lines += [f"## {title}", "", *_table(cls or training_arguments_class())]
     lines += ["## Aliases", ""]
     lines += [f"- `--{alias}` is `--{name}`" for alias, name in ALIASES.items()]
-    lines += [
-        "",
-        "## Recognised but not available yet",
-        "",
-        "These ms-swift / TRL flags are rejected with a message rather than ignored:",
-        "",
-    ]
-    lines += [f"- `--{name}` ({feature})" for name, feature in sorted(NOT_YET_SUPPORTED.items())]
+    if NOT_YET_SUPPORTED:
+        lines += [
+            "",
+            "## Recognised but not available yet",
+            "",
+            "These ms-swift / TRL flags are rejected with a message rather than ignored:",
+            "",
+        ]
+        lines += [f"- `--{name}` ({feature})" for name, feature in sorted(NOT_YET_SUPPORTED.items())]
     lines += [
         "",
         "# `swift rollout` flags",
@@ -69,5 +71,10 @@ def render() -> str:
         "Serves a model with vLLM for `swift rlhf --use_vllm true --vllm_mode server` (see docs/rollouts.md).",
         "",
         *_table(RolloutArguments),
+        "# `swift export` flags",
+        "",
+        "Merges a LoRA adapter into its base model (see docs/distributed.md).",
+        "",
+        *_table(ExportArguments),
     ]
     return "\n".join(lines) + "\n"

@@ -75,6 +75,45 @@ def resolve_output_dir(requested: str | None, loss_type: str, resume: Path | Non
     return path
 
 
+def launcher_output_dir(requested: str | None, loss_type: str, plan, checkpoint: Path | None = None) -> Path:
+    """The launcher fixes the output folder once, so that every worker writes to the same one.
+
+    With several nodes each node's launcher runs this; only node 0 insists on a new folder, since on a
+    shared file system the others may already see what node 0 wrote.
+    """
+    if plan.nnodes > 1 and requested is None and checkpoint is None:
+        raise UserError("a run on several nodes needs --output_dir (the same path on every node)")
+    if plan.node_rank > 0:
+        path = Path(requested).expanduser() if requested else checkpoint.parent
+        path.mkdir(parents=True, exist_ok=True)
+        return path.resolve()
+    return resolve_output_dir(requested, loss_type, checkpoint).resolve()
+
+
+def worker_output_dir(requested: str | None) -> Path | None:
+    """In a torchrun worker: the folder its launcher prepared, or None when this process must check it itself.
+
+    Started by plain ``torchrun``, only rank 0 checks that the folder is new (the others would see the files
+    rank 0 writes); they need the same explicit --output_dir, since a timestamped default could differ.
+    """
+    import os
+
+    from ..distributed.launch import OUTPUT_DIR_ENV, global_rank, under_torchrun
+
+    if not under_torchrun() or int(os.environ["WORLD_SIZE"]) == 1 and OUTPUT_DIR_ENV not in os.environ:
+        return None
+    prepared = os.environ.get(OUTPUT_DIR_ENV)
+    if prepared and requested and Path(requested).expanduser().resolve() == Path(prepared):
+        return Path(prepared)
+    if requested is None:
+        raise UserError("under torchrun give --output_dir, so that every process writes to the same folder")
+    if global_rank() == 0:
+        return None
+    path = Path(requested).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def check_model_source(source: str) -> None:
     """Fail fast on a model path that cannot exist, before any dataset or weights are read."""
     from ..data import _looks_like_hub_id
@@ -109,60 +148,35 @@ def load_model_and_tokenizer(model_args: ModelArguments):
 def run(argv: list[str]) -> int:
     model_args, data_args, rlhf_args, train_args, demo = parse(argv)
 
-    from .. import plugins
-    from ..rewards import reward_function
-
-    plugins.load_plugins(rlhf_args.external_plugins)  # before the config: a plugin may register the loss
-
-    if demo:
-        from ..demo import DEMO_DATASET_PATH, DEMO_HPARAMS, DEMO_MODEL_DIR
-
-        model_args.model = str(DEMO_MODEL_DIR)
-        data_args.dataset = [str(DEMO_DATASET_PATH)]
-        rlhf_args.reward_funcs = rlhf_args.reward_funcs or ["exact_match"]
-        shown = ", ".join(f"{k}={getattr(train_args, k)}" for k in DEMO_HPARAMS)
-        logger.info("no --model/--dataset given: training the embedded demo (%s)", DEMO_DATASET_PATH.name)
-        logger.info("demo settings (override any with its flag): %s", shown)
-    check_model_source(model_args.model)
-    from ..data import load_datasets, parse_columns, split_for_evaluation
-    from ..rewards import orms
-
-    columns = parse_columns(data_args.columns)
-    if _strategy(train_args.eval_strategy) != "no" and data_args.split_dataset_ratio == 0:
-        raise UserError(
-            f"--eval_strategy {_strategy(train_args.eval_strategy)} needs an evaluation set: hold one out with --split_dataset_ratio"
-        )
-    if not rlhf_args.reward_funcs:
-        raise UserError(f"--reward_funcs is required: name at least one reward (available: {', '.join(sorted(orms))})")
-    reward_funcs = [reward_function(name, reward_options(rlhf_args, train_args)) for name in rlhf_args.reward_funcs]
-
     from ..callbacks import check_reporting
-    from ..checkpoints import resolve_resume
-    from ..trainers import GRPOConfig
+    from ..distributed.launch import launch, launch_plan
 
-    checkpoint, skipped = resolve_resume(train_args.resume_from_checkpoint, train_args.output_dir)
-    for folder, reason in skipped:
-        logger.warning("not resuming from %s: %s", folder, reason)
-    output_dir = resolve_output_dir(train_args.output_dir, train_args.loss_type, checkpoint)
-    fields = dataclasses.asdict(train_args)
-    fields["output_dir"] = str(output_dir)
-    fields["resume_from_checkpoint"] = None if checkpoint is None else str(checkpoint)
-    fields["dataloader_pin_memory"] = _has_accelerator()  # pinning is pointless (and warns) on a CPU-only machine
+    plan = launch_plan(needs_launcher=bool(train_args.deepspeed))
+    if plan is not None:  # NPROC_PER_NODE / NNODES (or DeepSpeed): this process only starts the workers
+        # Check everything a worker would check before loading data, so a mistake is reported once, not N times.
+        with _quiet():
+            _, _, reward_funcs = prepare(model_args, data_args, rlhf_args, train_args, demo)
+            config = build_config(train_args, Path(train_args.output_dir or "output"), len(reward_funcs), validate_only=True)
+            check_reporting(config.report_to)
+        checkpoint = resume_point(train_args)  # resolved once ("latest"), so that every node resumes the same one
+        output_dir = launcher_output_dir(train_args.output_dir, train_args.loss_type, plan, checkpoint)
+        fixed = ["--output_dir", str(output_dir)]
+        if checkpoint is not None:
+            fixed += ["--resume_from_checkpoint", str(checkpoint)]
+        return launch(plan, "rlhf", [*argv, *fixed], str(output_dir))
+
+    columns, peft_config, reward_funcs = prepare(model_args, data_args, rlhf_args, train_args, demo)
+    checkpoint = resume_point(train_args)
+    output_dir = worker_output_dir(train_args.output_dir) or resolve_output_dir(train_args.output_dir, train_args.loss_type, checkpoint)
+    train_args.resume_from_checkpoint = None if checkpoint is None else str(checkpoint)
     try:
-        config = GRPOConfig(**fields)
-    except ValueError as err:
-        _remove_if_empty(output_dir)
-        raise UserError(str(err).strip().splitlines()[0]) from None
-    try:
+        config = build_config(train_args, output_dir, len(reward_funcs))
         check_reporting(config.report_to)
     except UserError:
         _remove_if_empty(output_dir)
         raise
-    if config.reward_weights is not None and len(config.reward_weights) != len(reward_funcs):
-        _remove_if_empty(output_dir)
-        raise UserError(
-            f"--reward_weights has {len(config.reward_weights)} values for {len(reward_funcs)} reward functions; give one per function"
-        )
+
+    from ..data import load_datasets, split_for_evaluation
 
     try:
         dataset = load_datasets(data_args.dataset, seed=config.seed, system=data_args.system, columns=columns)
@@ -175,7 +189,82 @@ def run(argv: list[str]) -> int:
         strategy = _strategy(config.eval_strategy)
         when = f"every {config.eval_steps:g} steps" if strategy == "steps" else f"(eval_strategy {strategy})"
         logger.info("holding out %d of %d rows for evaluation %s", len(eval_dataset), len(dataset) + len(eval_dataset), when)
-    return _train(model, tokenizer, reward_funcs, config, dataset, output_dir, eval_dataset)
+    return _train(model, tokenizer, reward_funcs, config, dataset, output_dir, eval_dataset, peft_config)
+
+
+def resume_point(train_args):
+    """The complete checkpoint ``--resume_from_checkpoint`` names (or the newest one, for 'latest'), or None."""
+    from ..checkpoints import resolve_resume
+
+    checkpoint, skipped = resolve_resume(train_args.resume_from_checkpoint, train_args.output_dir)
+    for folder, reason in skipped:
+        logger.warning("not resuming from %s: %s", folder, reason)
+    return checkpoint
+
+
+def prepare(model_args: ModelArguments, data_args: DataArguments, rlhf_args: RLHFArguments, train_args, demo: bool):
+    """The checks and objects that need no data or weights: plugins, the demo's paths, columns, LoRA, rewards."""
+    from .. import plugins
+    from ..rewards import orms, reward_function
+
+    plugins.load_plugins(rlhf_args.external_plugins)  # before the config: a plugin may register the loss
+    if demo:
+        from ..demo import DEMO_DATASET_PATH, DEMO_HPARAMS, DEMO_MODEL_DIR
+
+        model_args.model = str(DEMO_MODEL_DIR)
+        data_args.dataset = [str(DEMO_DATASET_PATH)]
+        rlhf_args.reward_funcs = rlhf_args.reward_funcs or ["exact_match"]
+        shown = ", ".join(f"{k}={getattr(train_args, k)}" for k in DEMO_HPARAMS)
+        logger.info("no --model/--dataset given: training the embedded demo (%s)", DEMO_DATASET_PATH.name)
+        logger.info("demo settings (override any with its flag): %s", shown)
+    check_model_source(model_args.model)
+    from ..data import parse_columns
+
+    columns = parse_columns(data_args.columns)
+    peft_config = lora_config(model_args)
+    if _strategy(train_args.eval_strategy) != "no" and data_args.split_dataset_ratio == 0:
+        raise UserError(
+            f"--eval_strategy {_strategy(train_args.eval_strategy)} needs an evaluation set: hold one out with --split_dataset_ratio"
+        )
+    if not rlhf_args.reward_funcs:
+        raise UserError(f"--reward_funcs is required: name at least one reward (available: {', '.join(sorted(orms))})")
+    reward_funcs = [reward_function(name, reward_options(rlhf_args, train_args)) for name in rlhf_args.reward_funcs]
+    return columns, peft_config, reward_funcs
+
+
+def build_config(train_args, output_dir: Path, num_rewards: int, validate_only: bool = False):
+    """The trainer's GRPOConfig from the training flags; its ValueErrors become one-sentence UserErrors.
+
+    ``validate_only`` (the launcher): check the flags without joining a process group for DeepSpeed.
+    """
+    from ..distributed import resolve_deepspeed_config
+    from ..trainers import GRPOConfig
+
+    fields = dataclasses.asdict(train_args)
+    fields["output_dir"] = str(output_dir)
+    fields["dataloader_pin_memory"] = _has_accelerator()  # pinning is pointless (and warns) on a CPU-only machine
+    try:
+        if validate_only:
+            resolve_deepspeed_config(fields.pop("deepspeed"))
+        config = GRPOConfig(**fields)
+    except ValueError as err:
+        raise UserError(str(err).strip().splitlines()[0]) from None
+    if config.reward_weights is not None and len(config.reward_weights) != num_rewards:
+        raise UserError(
+            f"--reward_weights has {len(config.reward_weights)} values for {num_rewards} reward functions; give one per function"
+        )
+    return config
+
+
+class _quiet:
+    """Silence swift-cispo's info logs for a block (the launcher's checks; the workers log the same)."""
+
+    def __enter__(self):
+        self.level = logger.level
+        logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        logger.setLevel(self.level)
 
 
 def reward_options(rlhf_args: RLHFArguments, train_args) -> dict:
@@ -191,7 +280,29 @@ def _strategy(value) -> str:
     return str(getattr(value, "value", value))
 
 
-def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path, eval_dataset=None) -> int:
+def lora_config(model_args: ModelArguments):
+    """``--train_type lora`` -> peft's LoraConfig for a causal LM (None for full training)."""
+    if model_args.train_type != "lora":
+        return None
+    if model_args.lora_rank < 1:
+        raise UserError(f"--lora_rank must be a whole number >= 1; got {model_args.lora_rank}")
+    if model_args.lora_alpha <= 0:
+        raise UserError(f"--lora_alpha must be > 0; got {model_args.lora_alpha}")
+    if not 0 <= model_args.lora_dropout < 1:
+        raise UserError(f"--lora_dropout must be in [0, 1); got {model_args.lora_dropout}")
+    from peft import LoraConfig, TaskType
+
+    modules = model_args.target_modules
+    return LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=model_args.lora_rank,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules="all-linear" if modules == ["all-linear"] else modules,  # peft's spelling of the shorthand
+    )
+
+
+def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path, eval_dataset=None, peft_config=None) -> int:
     from transformers.trainer_callback import ProgressCallback
 
     from ..callbacks import CURVES_FILE, METRICS_FILE, MetricsFileCallback
@@ -210,7 +321,13 @@ def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path, ev
             train_dataset=dataset,
             eval_dataset=eval_dataset,
             callbacks=[metrics],
+            peft_config=peft_config,
         )
+    except ValueError as err:
+        if peft_config is None or "target modules" not in str(err).lower():
+            raise
+        _remove_if_empty(output_dir)
+        raise UserError(f"--target_modules {' '.join(peft_config.target_modules)}: {str(err).splitlines()[0]}") from None
     except RolloutServerError:
         _remove_if_empty(output_dir)
         raise

@@ -199,6 +199,8 @@ class GRPOConfig(TRLGRPOConfig):
     )
 
     def __post_init__(self):
+        import torch
+
         get_loss(self.loss_type)  # raises with the registered names
         for name, off in _UNSUPPORTED_TRL_OPTIONS.items():
             if getattr(self, name) != off:
@@ -222,10 +224,13 @@ class GRPOConfig(TRLGRPOConfig):
         if self.rollout_importance_sampling_threshold <= 0:
             raise ValueError(f"rollout_importance_sampling_threshold must be > 0; got {self.rollout_importance_sampling_threshold}")
         self.deepspeed = resolve_deepspeed_config(self.deepspeed)
+        if self.deepspeed is not None and not torch.cuda.is_available():
+            # accelerate sets up a CPU process group (gloo) only for use_cpu; without it a torchrun world
+            # on a CPU machine is treated as a single process
+            self.use_cpu = True
         if self.bf16 is None:
             # TRL turns None into True, which on a machine without a bf16 GPU means a CPU autocast
             # (slow, and bf16 rounding in the log-probs); mixed precision only where the GPU has it.
-            import torch
 
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.use_cpu
         deepspeed_template = copy.deepcopy(self.deepspeed)
@@ -243,7 +248,14 @@ class GRPOConfig(TRLGRPOConfig):
         from accelerate.utils import DeepSpeedPlugin
         from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 
+        import torch.distributed
+        from deepspeed import comm as deepspeed_comm
+
         _ = self.device  # sets up the process group (torchrun's env://) and self.distributed_state
+        if torch.distributed.is_initialized() and not deepspeed_comm.is_initialized():
+            # the CPU (gloo) path: accelerate made torch's group but not DeepSpeed's view of it, and
+            # DeepSpeed would otherwise count a world of 1
+            deepspeed_comm.init_distributed(dist_backend=torch.distributed.get_backend(), auto_mpi_discovery=False)
         self.hf_deepspeed_config = HfTrainerDeepSpeedConfig(template)  # also the config zero.Init will read
         self.hf_deepspeed_config.trainer_config_process(self)
         self.deepspeed_plugin = DeepSpeedPlugin(hf_ds_config=self.hf_deepspeed_config)

@@ -1,0 +1,250 @@
+"""Scale-out through the CLI, with the real components: ``NPROC_PER_NODE=2 swift rlhf`` relaunching itself
+under torch's launcher (2 processes on gloo), DeepSpeed ZeRO-2/3, LoRA alone and under ZeRO, ``swift
+export --merge_lora``, and checkpoints that resume to the same weights in each of these modes.
+
+Resume check: a run trains 2 steps and saves after each; a second run starts from a copy of its
+``checkpoint-1`` and trains step 2 again. Same seed, same data order, same rollout RNG (restored per
+process): the two step-2 models must be the same to float32 rounding, and a resumed run that silently
+restarted from step 0 (or from fresh optimizer state) would be far off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_cli import FAST, REPO, assert_clean_error, read_metrics
+
+DEMO_MODEL = REPO / "swift_cispo" / "demo" / "model"
+# One generation per optimizer step, so that step 2 does not reuse a rollout kept only in memory.
+RUN = [*FAST, "--steps_per_generation", "1", "--save_steps", "1", "--seed", "7"]
+SAME = 1e-6  # max |difference| between resumed and uninterrupted weights (float32 rounding)
+MOVED = 1e-4  # a step moves some weight by more than this: the comparison can fail
+
+
+def swift(*args, cwd: Path, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **env}
+    for name in ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        if name not in env:
+            full_env.pop(name, None)  # the test decides, not the environment pytest runs in
+    return subprocess.run(
+        [sys.executable, "-m", "swift_cispo", *map(str, args)], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _train_then_resume(tmp_path: Path, flags: list[str], **env: str) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """An uninterrupted 2-step run and a run resumed from a copy of its step-1 checkpoint."""
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    first = swift("rlhf", *RUN, *flags, "--output_dir", full, cwd=tmp_path, **env)
+    assert first.returncode == 0, first.stderr[-4000:]
+    assert (full / "checkpoint-1" / "trainer_state.json").is_file() and (full / "checkpoint-2").is_dir()
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-1", resumed / "checkpoint-1")
+    second = swift("rlhf", *RUN, *flags, "--resume_from_checkpoint", resumed / "checkpoint-1", cwd=tmp_path, **env)
+    assert second.returncode == 0, second.stderr[-4000:]
+    return full, resumed, first
+
+
+def _max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def _step_losses(output_dir: Path) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in read_metrics(output_dir) if "loss" in m}
+
+
+def _assert_resumed_equal(full: Path, resumed: Path, weights_file: str) -> None:
+    final, again = load_file(full / weights_file), load_file(resumed / weights_file)
+    step1 = load_file(full / "checkpoint-1" / weights_file)
+    assert _max_difference(final, step1) > MOVED, "step 2 did not change the weights: the check below could not fail"
+    difference = _max_difference(final, again)
+    assert difference < SAME, f"resumed step 2 differs from the uninterrupted one by {difference:.3e}"
+    assert _step_losses(resumed)[2] == pytest.approx(_step_losses(full)[2], rel=1e-5)
+    assert 1 not in _step_losses(resumed), "the resumed run trained step 1 again"
+
+
+# ------------------------------------------------------------------------------------------- ZeRO
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_zero_two_processes_train_save_and_resume_exactly(tmp_path, stage):
+    full, resumed, first = _train_then_resume(tmp_path, ["--deepspeed", stage], NPROC_PER_NODE="2")
+    assert "starting 2 processes on this node" in first.stderr
+    assert first.stderr.count("training Qwen2ForCausalLM") == 1, "only process 0 should narrate"
+    # DeepSpeed's own sharded state is in the checkpoint (what resume loads), one optimizer shard per process
+    shards = sorted(p.name for p in (full / "checkpoint-1" / "global_step1").iterdir() if "optim_states" in p.name)
+    assert len(shards) == 2, shards
+    # the saved model is whole (ZeRO-3 gathers it on save) and loads with transformers
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(full)
+    reference = AutoModelForCausalLM.from_pretrained(DEMO_MODEL)
+    assert model.model.embed_tokens.weight.shape == reference.model.embed_tokens.weight.shape
+    _assert_resumed_equal(full, resumed, "model.safetensors")
+
+
+# ------------------------------------------------------------------------------------------- LoRA
+def _adapter_config(path: Path) -> dict:
+    return json.loads((path / "adapter_config.json").read_text())
+
+
+def test_lora_trains_only_the_adapter_resumes_and_merges(tmp_path):
+    flags = ["--train_type", "lora", "--lora_rank", "4", "--lora_alpha", "8", "--learning_rate", "2e-2"]
+    full, resumed, _ = _train_then_resume(tmp_path, flags)
+    config = _adapter_config(full)
+    assert (config["r"], config["lora_alpha"]) == (4, 8)
+    # all-linear: the 7 projections of each of the 2 layers, not the output head
+    assert len(config["target_modules"]) == 7 * 2 and not any("lm_head" in m for m in config["target_modules"])
+    assert not (full / "model.safetensors").exists(), "LoRA saves the adapter, not a full copy of the model"
+    _assert_resumed_equal(full, resumed, "adapter_model.safetensors")
+
+    result = swift("export", "--adapters", full, "--merge_lora", "true", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    merged_dir = Path(f"{full}-merged")
+    assert (merged_dir / "model.safetensors").is_file() and not (merged_dir / "adapter_config.json").exists()
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    ids = tokenizer(["1+2=", "17+25="], return_tensors="pt", padding=True)
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    base = AutoModelForCausalLM.from_pretrained(DEMO_MODEL).eval()
+    with torch.no_grad():
+        base_logits = base(**ids).logits
+        adapted = PeftModel.from_pretrained(base, str(full)).eval()
+        adapted_logits = adapted(**ids).logits
+        merged_logits = merged(**ids).logits
+    assert float((adapted_logits - base_logits).abs().max()) > 1e-3, "the trained adapter changes nothing"
+    assert torch.allclose(merged_logits, adapted_logits, atol=1e-5), float((merged_logits - adapted_logits).abs().max())
+
+    # the merged folder is never written over
+    again = swift("export", "--adapters", full, "--merge_lora", "true", cwd=tmp_path)
+    assert_clean_error(again, "already exists and is not empty")
+
+
+def test_lora_with_zero3_two_processes_trains_and_resumes(tmp_path):
+    flags = ["--train_type", "lora", "--learning_rate", "2e-2", "--deepspeed", "zero3"]
+    full, resumed, _ = _train_then_resume(tmp_path, flags, NPROC_PER_NODE="2")
+    assert _adapter_config(full)["r"] == 8  # the default rank
+    _assert_resumed_equal(full, resumed, "adapter_model.safetensors")
+
+
+# ------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "env,fragment",
+    [
+        ({"NPROC_PER_NODE": "two"}, "NPROC_PER_NODE='two' must be a whole number >= 1"),
+        ({"NPROC_PER_NODE": "0"}, "NPROC_PER_NODE='0' must be a whole number >= 1"),
+        ({"NNODES": "2", "NODE_RANK": "2", "MASTER_ADDR": "10.0.0.1"}, "NODE_RANK='2' must be a whole number from 0 to NNODES-1 (1)"),
+        ({"NNODES": "2", "NODE_RANK": "0"}, "NNODES=2 needs MASTER_ADDR"),
+        ({"NPROC_PER_NODE": "2", "MASTER_PORT": "70000"}, "MASTER_PORT='70000' must be a port number"),
+    ],
+)
+def test_launch_environment_mistakes(env, fragment):
+    from swift_cispo.distributed.launch import launch_plan
+    from swift_cispo.errors import UserError
+
+    with pytest.raises(UserError, match=".*") as caught:
+        launch_plan(env)
+    assert fragment in str(caught.value)
+
+
+def test_launch_plan_from_the_environment():
+    from swift_cispo.distributed.launch import launch_plan, torchrun_arguments
+
+    assert launch_plan({}) is None  # no variables, no DeepSpeed: train in this process
+    assert launch_plan({"LOCAL_RANK": "0", "WORLD_SIZE": "2", "NPROC_PER_NODE": "2"}) is None  # already a worker
+    single = launch_plan({}, needs_launcher=True)  # DeepSpeed needs torchrun's rank variables even for 1 process
+    assert (single.nproc_per_node, single.nnodes, single.master_addr) == (1, 1, "127.0.0.1")
+    plan = launch_plan({"NPROC_PER_NODE": "8", "NNODES": "4", "NODE_RANK": "3", "MASTER_ADDR": "10.0.0.1"})
+    assert (plan.world_size, plan.master_port) == (32, 29500)  # every node must agree on the port
+    command = torchrun_arguments(plan, "rlhf", ["--deepspeed", "zero3"])
+    assert command[:10] == ["--nproc_per_node", "8", "--nnodes", "4", "--node_rank", "3", "--master_addr", "10.0.0.1", "--master_port", "29500"]
+    assert command[10:] == ["-m", "swift_cispo.cli.main", "rlhf", "--deepspeed", "zero3"]
+
+
+def test_deepspeed_configs(tmp_path):
+    from swift_cispo.distributed import BUILTIN_DEEPSPEED, resolve_deepspeed_config, zero_stage
+
+    stages = {name: zero_stage(resolve_deepspeed_config(name)) for name in BUILTIN_DEEPSPEED}
+    assert stages == {"zero2": 2, "zero3": 3, "zero2_offload": 2, "zero3_offload": 3}
+    offload = resolve_deepspeed_config("zero3_offload")["zero_optimization"]
+    assert offload["offload_optimizer"]["device"] == offload["offload_param"]["device"] == "cpu"
+    # batch sizes are left to the trainer's flags
+    assert resolve_deepspeed_config("zero2")["train_micro_batch_size_per_gpu"] == "auto"
+    own = tmp_path / "ds.json"
+    own.write_text(json.dumps({"zero_optimization": {"stage": 1}}))
+    assert zero_stage(resolve_deepspeed_config(str(own))) == 1
+    for text, message in [("{'zero", "is not valid JSON"), ("[1]", "must hold a JSON object"), ('{"zero_optimization": {"stage": 4}}', "stage must be 0, 1, 2 or 3")]:
+        own.write_text(text)
+        with pytest.raises(ValueError, match=".*") as caught:
+            resolve_deepspeed_config(str(own))
+        assert message in str(caught.value)
+
+
+def test_lora_options():
+    from swift_cispo.cli.args import ModelArguments
+    from swift_cispo.cli.rlhf import lora_config
+    from swift_cispo.errors import UserError
+
+    assert lora_config(ModelArguments(model="m")) is None
+    config = lora_config(ModelArguments(model="m", train_type="lora", lora_rank=16, lora_alpha=64, lora_dropout=0.1))
+    assert (config.r, config.lora_alpha, config.lora_dropout, config.target_modules) == (16, 64, 0.1, "all-linear")
+    assert lora_config(ModelArguments(model="m", train_type="lora", target_modules=["q_proj", "v_proj"])).target_modules == {"q_proj", "v_proj"}
+    for bad, message in [({"lora_rank": 0}, "--lora_rank must be a whole number >= 1"), ({"lora_alpha": 0}, "--lora_alpha must be > 0"), ({"lora_dropout": 1.5}, "--lora_dropout must be in [0, 1)")]:
+        with pytest.raises(UserError, match=".*") as caught:
+            lora_config(ModelArguments(model="m", train_type="lora", **bad))
+        assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "flags,env,fragments",
+    [
+        (["--deepspeed", "ds_zero9.json"], {}, ["--deepspeed ds_zero9.json: not a file and not a built-in config", "zero2, zero3"]),
+        (["--train_type", "qlora"], {}, ["--train_type qlora is not supported; use --train_type full or lora"]),
+        # a mistake every worker would make is caught by the launcher, once, before any process starts
+        (["--epsilon_high", "-1"], {"NPROC_PER_NODE": "2"}, ["epsilon_high must be > 0"]),
+    ],
+)
+def test_scale_out_mistakes_are_one_sentence(tmp_path, flags, env, fragments):
+    out = tmp_path / "out"
+    result = swift("rlhf", *flags, "--output_dir", out, cwd=tmp_path, **env)
+    assert_clean_error(result, *fragments)
+    assert "starting" not in result.stderr, "workers were started for a command that cannot run"
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_worker_failure_is_reported_with_its_status(tmp_path):
+    """A mistake only the workers can see (a dataset row) stops the run with the worker's exit status."""
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"prompt": "1+1=", "answer": "2"}\n{"answer": "3"}\n')
+    result = swift(
+        "rlhf", "--model", DEMO_MODEL, "--dataset", data, "--reward_funcs", "exact_match", "--output_dir", tmp_path / "out",
+        *FAST, cwd=tmp_path, NPROC_PER_NODE="2",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr, result.stderr[-3000:]
+    assert "bad.jsonl row 2 has an empty prompt" in result.stderr
+    assert "exited with status 2" in result.stderr
+
+
+def test_export_mistakes(tmp_path):
+    from swift_cispo.cli import export
+    from swift_cispo.errors import UserError
+
+    for argv, message in [
+        (["--adapters", str(tmp_path), "--merge_lora", "true"], "holds no adapter_config.json"),
+        (["--adapters", str(tmp_path)], "add --merge_lora true"),
+        (["--merge_lora", "true"], "--adapters is required"),
+    ]:
+        with pytest.raises(UserError, match=".*") as caught:
+            export.run(argv)
+        assert message in str(caught.value)
+    assert_clean_error(swift("export", "--adapters", tmp_path, "--merge_lora", "true", cwd=tmp_path), "holds no adapter_config.json")
