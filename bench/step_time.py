@@ -44,23 +44,9 @@ LABELS = {"ours": "swift_cispo.GRPOTrainer (cispo)", "trl": "trl.GRPOTrainer (ci
 
 def build_model(path: Path, hidden: int, layers: int) -> None:
     """A random Qwen2 of the demo's family (character tokenizer, head_dim 64), saved to ``path``."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from swift_cispo.demo.tiny import save_random_model
 
-    from swift_cispo.demo.tiny import build_tokenizer
-
-    tokenizer = build_tokenizer()
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, head_dim=64, max_position_embeddings=128,
-        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    model = Qwen2ForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    save_random_model(path, hidden, layers, max_positions=128)
 
 
 def shared_settings(opts) -> dict:

@@ -66,17 +66,20 @@ def build_tokenizer() -> Qwen2Tokenizer:
     )
 
 
-def build_model(tokenizer: Qwen2Tokenizer) -> Qwen2ForCausalLM:
-    """A randomly initialised 2-layer Qwen2 sized for CPU RL (~0.36M parameters)."""
+def build_model(tokenizer: Qwen2Tokenizer, hidden: int = 128, layers: int = 2, max_positions: int = 64) -> Qwen2ForCausalLM:
+    """A randomly initialised Qwen2; the defaults are the demo's: 2 layers sized for CPU RL (~0.36M parameters).
+
+    Larger ``hidden`` (a multiple of 64) and ``layers`` give the same family at other sizes (the benchmarks).
+    """
     config = Qwen2Config(
         vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 64,
         head_dim=64,
-        max_position_embeddings=64,  # "19+19=" + "38" + <eos> is 9 tokens; 64 leaves room for chat templates
+        max_position_embeddings=max_positions,  # demo: "19+19=" + "38" + <eos> is 9 tokens; 64 leaves room for chat templates
         tie_word_embeddings=True,  # the embedding matrix is a large share of such a small model
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -84,3 +87,19 @@ def build_model(tokenizer: Qwen2Tokenizer) -> Qwen2ForCausalLM:
         dtype="float32",
     )
     return Qwen2ForCausalLM(config)
+
+
+def save_random_model(path, hidden: int = 128, layers: int = 2, max_positions: int = 64, seed: int = 0):
+    """:func:`build_model` with the demo's tokenizer, seeded, saved with the tokenizer into ``path``."""
+    import torch
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    model = build_model(tokenizer, hidden, layers, max_positions)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(path)
+    tokenizer.model_max_length = max_positions
+    tokenizer.save_pretrained(path)
+    return path
+
