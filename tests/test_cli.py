@@ -23,8 +23,13 @@ FAST = [
 ]  # fmt: skip
 
 
-def swift(*args, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+LAUNCH_VARIABLES = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def swift(*args, cwd: Path, timeout: int = 300, **extra_env: str) -> subprocess.CompletedProcess:
+    """``python -m swift_cispo ARGS`` from this checkout; launch variables only where a test sets them."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
+    env.update({"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra_env})
     return subprocess.run(
         [sys.executable, "-m", "swift_cispo", *map(str, args)],
         cwd=cwd,

@@ -11,16 +11,14 @@ restarted from step 0 (or from fresh optimizer state) would be far off.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_cli import FAST, REPO, assert_clean_error, read_metrics
+from test_cli import FAST, REPO, assert_clean_error, read_metrics, swift
 
 DEMO_MODEL = REPO / "swift_cispo" / "demo" / "model"
 # The demo's steps_per_generation is 2: checkpoint-1 falls inside a rollout window, so the resumed step 2
@@ -30,25 +28,15 @@ SAME = 1e-6  # max |difference| between resumed and uninterrupted weights (float
 MOVED = 1e-4  # a step moves some weight by more than this: the comparison can fail
 
 
-def swift(*args, cwd: Path, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **env}
-    for name in ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        if name not in env:
-            full_env.pop(name, None)  # the test decides, not the environment pytest runs in
-    return subprocess.run(
-        [sys.executable, "-m", "swift_cispo", *map(str, args)], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
-    )
-
-
 def _train_then_resume(tmp_path: Path, flags: list[str], **env: str) -> tuple[Path, Path, subprocess.CompletedProcess]:
     """An uninterrupted 2-step run and a run resumed from a copy of its step-1 checkpoint."""
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    first = swift("rlhf", *RUN, *flags, "--output_dir", full, cwd=tmp_path, **env)
+    first = swift("rlhf", *RUN, *flags, "--output_dir", full, cwd=tmp_path, timeout=600, **env)
     assert first.returncode == 0, first.stderr[-4000:]
     assert (full / "checkpoint-1" / "trainer_state.json").is_file() and (full / "checkpoint-2").is_dir()
     resumed.mkdir()
     shutil.copytree(full / "checkpoint-1", resumed / "checkpoint-1")
-    second = swift("rlhf", *RUN, *flags, "--resume_from_checkpoint", resumed / "checkpoint-1", cwd=tmp_path, **env)
+    second = swift("rlhf", *RUN, *flags, "--resume_from_checkpoint", resumed / "checkpoint-1", cwd=tmp_path, timeout=600, **env)
     assert second.returncode == 0, second.stderr[-4000:]
     return full, resumed, first
 
@@ -172,7 +160,10 @@ def test_launch_plan_from_the_environment():
 
 
 def test_deepspeed_configs(tmp_path):
-    from swift_cispo.distributed import BUILTIN_DEEPSPEED, resolve_deepspeed_config, zero_stage
+    from swift_cispo.distributed import BUILTIN_DEEPSPEED, resolve_deepspeed_config
+
+    def zero_stage(config: dict) -> int:
+        return config["zero_optimization"]["stage"]
 
     stages = {name: zero_stage(resolve_deepspeed_config(name)) for name in BUILTIN_DEEPSPEED}
     assert stages == {"zero2": 2, "zero3": 3, "zero2_offload": 2, "zero3_offload": 3}

@@ -297,11 +297,9 @@ def test_colocate_under_zero3_with_two_processes_syncs_the_gathered_weights(tmp_
     # ZeRO-3 holds half of each parameter per process; each engine must get the whole, updated tensors
     # (gathered by every process together), or its log-probs drift from the trainer's.
     out = tmp_path / "colocate_zero3"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "NPROC_PER_NODE": "2"}
-    result = subprocess.run(
-        [sys.executable, "-m", "swift_cispo", "rlhf", "--use_vllm", "true", "--vllm_mode", "colocate", "--deepspeed", "zero3",
-         *AGGRESSIVE, "--per_device_train_batch_size", "16", "--max_steps", "3", "--output_dir", str(out)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    result = swift(
+        "rlhf", "--use_vllm", "true", "--vllm_mode", "colocate", "--deepspeed", "zero3", *AGGRESSIVE,
+        "--per_device_train_batch_size", "16", "--max_steps", "3", "--output_dir", out, cwd=tmp_path, timeout=600, NPROC_PER_NODE="2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "starting 2 processes" in result.stderr

@@ -80,6 +80,7 @@ def run(argv: list[str]) -> int:
         raise UserError(f"--adapters {args.adapters} holds no {ADAPTER_CONFIG}; give the folder a --train_type lora run saved")
     base = base_model_of(adapters, args.model)
 
+    from ..checkpoints import remove_if_empty
     from .rlhf import check_model_source, resolve_output_dir
 
     check_model_source(base)
@@ -98,7 +99,7 @@ def run(argv: list[str]) -> int:
         tokenizer_source = adapters if (adapters / "tokenizer_config.json").is_file() else base
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source))
     except (OSError, ValueError, RuntimeError) as err:
-        output_dir.rmdir()
+        remove_if_empty(output_dir)
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"could not merge {adapters} into {base}: {reason}") from None
     merged.save_pretrained(str(output_dir))

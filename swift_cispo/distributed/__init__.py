@@ -41,6 +41,3 @@ def resolve_deepspeed_config(value: str | dict | None) -> dict | None:
         raise ValueError(f"--deepspeed {value}: zero_optimization.stage must be 0, 1, 2 or 3; got {stage!r}")
     return config
 
-
-def zero_stage(config: dict | None) -> int:
-    return int((config or {}).get("zero_optimization", {}).get("stage", 0))
