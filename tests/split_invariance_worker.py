@@ -178,7 +178,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    import trl.trainer.grpo_trainer as trl_grpo
+    from swift_cispo.trainers import rollout_window  # the trainer shuffles each generation batch here
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -290,7 +290,7 @@ def main() -> None:
                     processing_class=tokenizer,
                 )
                 with (
-                    patched(trl_grpo, "shuffle_sequence_dict", lambda d: d, enabled=not run.get("shuffle", True)),
+                    patched(rollout_window, "shuffle_sequence_dict", lambda d: d, enabled=not run.get("shuffle", True)),
                     microbatch_norm(variant == "microbatch_norm"),
                 ):
                     trainer.train()

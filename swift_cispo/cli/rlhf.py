@@ -159,7 +159,7 @@ def run(argv: list[str]) -> int:
         # Check everything a worker would check before loading data, so a mistake is reported once, not N times.
         with _quiet():
             _, _, reward_funcs = prepare(model_args, data_args, rlhf_args, train_args, demo)
-            config = build_config(train_args, Path(train_args.output_dir or "output"), len(reward_funcs), validate_only=True)
+            config = build_config(train_args, Path(train_args.output_dir or "output"), len(reward_funcs), world_size=plan.world_size)
             check_reporting(config.report_to)
         checkpoint = resume_point(train_args)  # resolved once ("latest"), so that every node resumes the same one
         output_dir = launcher_output_dir(train_args.output_dir, train_args.loss_type, plan, checkpoint)
@@ -184,6 +184,9 @@ def run(argv: list[str]) -> int:
     try:
         dataset = load_datasets(data_args.dataset, seed=config.seed, system=data_args.system, columns=columns)
         dataset, eval_dataset = split_for_evaluation(dataset, data_args.split_dataset_ratio, config.seed)
+        from ..trainers.config import prepare_deepspeed
+
+        prepare_deepspeed(config)  # before the weights load: ZeRO-3 partitions them as they do
         model, tokenizer = load_model_and_tokenizer(model_args)
     except UserError:
         remove_if_empty(output_dir)
@@ -235,21 +238,26 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, rlhf_args: RLH
     return columns, peft_config, reward_funcs
 
 
-def build_config(train_args, output_dir: Path, num_rewards: int, validate_only: bool = False):
+def build_config(train_args, output_dir: Path, num_rewards: int, world_size: int | None = None):
     """The trainer's GRPOConfig from the training flags; its ValueErrors become one-sentence UserErrors.
 
-    ``validate_only`` (the launcher): check the flags without joining a process group for DeepSpeed.
+    ``world_size`` (the launcher, before its workers exist): check the config those ``world_size``
+    workers will build. transformers reads a DeepSpeed config only inside the workers' world, so here
+    the DeepSpeed file is checked on its own.
     """
+    import contextlib
+
     from ..distributed import resolve_deepspeed_config
-    from ..trainers import GRPOConfig
+    from ..trainers.config import GRPOConfig, planned_world_size
 
     fields = dataclasses.asdict(train_args)
     fields["output_dir"] = str(output_dir)
     fields["dataloader_pin_memory"] = _has_accelerator()  # pinning is pointless (and warns) on a CPU-only machine
     try:
-        if validate_only:
+        if world_size is not None:
             resolve_deepspeed_config(fields.pop("deepspeed"))
-        config = GRPOConfig(**fields)
+        with planned_world_size(world_size) if world_size is not None else contextlib.nullcontext():
+            config = GRPOConfig(**fields)
     except ValueError as err:
         raise UserError(str(err).strip().splitlines()[0]) from None
     if config.reward_weights is not None and len(config.reward_weights) != num_rewards:
@@ -313,6 +321,7 @@ def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path, ev
     from .progress import CompactProgressCallback
 
     from ..generation.client import RolloutServerError
+    from ..losses import describe
 
     metrics = MetricsFileCallback(output_dir)
     try:
@@ -340,7 +349,7 @@ def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path, ev
         "training %s with loss_type=%s (%s) for %d steps; output: %s",
         type(model).__name__,
         config.loss_type,
-        describe_objective(trainer),
+        describe(config.loss_type, trainer.loss_config),
         trainer.args.max_steps if trainer.args.max_steps > 0 else -1,
         output_dir,
     )
@@ -367,26 +376,6 @@ def _leave_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def describe_objective(trainer) -> str:
-    """The loss's effective clip, in words a user can check against the framework they come from."""
-    from ..losses import cispo_bounds
-
-    args, cfg = trainer.args, trainer.loss_config
-    if args.loss_type == "cispo":
-        low, high = cispo_bounds(cfg)
-        floor = "no floor" if low is None else f"floor {low:g}"
-        text = f"epsilon_high={cfg.epsilon_high:g}: importance weight clipped to [{floor}, {high:g}], {cfg.cispo_clip_convention} convention"
-        if cfg.cispo_token_mask:
-            text += ", unified token mask"
-    else:
-        text = f"ratio clipped to [{1 - cfg.epsilon_low:g}, {1 + cfg.epsilon_high:g}]"
-        if cfg.dual_clip_c is not None:
-            text += f", dual clip c={cfg.dual_clip_c:g}"
-    if cfg.importance_sampling_level == "sequence":
-        text += ", sequence-level ratios"
-    return text
 
 
 def _summarise(records: list[dict], metrics_path: Path, curves_path: Path) -> None:

@@ -3,11 +3,17 @@
 from . import policy  # noqa: F401  (registers the built-in losses)
 from .common import k3_kl, log_importance_ratio
 from .policy import cispo_bounds, ppo_zero_gradient
+from .options import CISPO_CLIP_CONVENTIONS, DEFAULT_CISPO_EPSILON_HIGH, describe, loss_config_from_args, resolve_loss_config
 from .rollout import ROLLOUT_CORRECTION_MODES, rollout_correction
 from .reduction import REDUCTIONS, ReductionContext
 from .registry import LossConfig, LossOutput, LossSpec, available_losses, get_loss, register_loss
 
 __all__ = [
+    "CISPO_CLIP_CONVENTIONS",
+    "DEFAULT_CISPO_EPSILON_HIGH",
+    "describe",
+    "loss_config_from_args",
+    "resolve_loss_config",
     "ROLLOUT_CORRECTION_MODES",
     "LossConfig",
     "LossOutput",

