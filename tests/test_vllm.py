@@ -102,6 +102,9 @@ def test_colocate_sync_keeps_sampler_and_trainer_log_probs_equal(tmp_path):
     assert all(m["rollout/policy_lag"] == 0 for m in metrics if "rollout/policy_lag" in m)
     losses = [m["loss"] for m in metrics if "loss" in m]
     assert len(set(losses)) > 1  # the weights really moved between rollouts
+    # one rollout correction, one set of metrics: ours (applied), never TRL's ratio (not applied)
+    assert [m["rollout_is/weight_max"] <= 2.0 for m in metrics if GAP in m] == [True] * 4
+    assert not [k for m in metrics for k in m if k.startswith("sampling/importance_sampling_ratio")]
 
 
 def test_colocate_without_sync_drifts(tmp_path):
