@@ -7,14 +7,13 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
+import pytest
 import torch
 
+from helpers import REPO
 from swift_cispo.demo import DEMO_DATASET_PATH, DEMO_HPARAMS, DEMO_MODEL_DIR
 from swift_cispo.demo.task import score
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_demo_files_are_small_and_load():
@@ -56,6 +55,7 @@ def test_readme_shows_the_demo_settings():
         assert re.search(rf"`{name}`\s*\|\s*`?{re.escape(str(value))}`?", readme), f"README lacks {name} = {value}"
 
 
+@pytest.mark.slow
 def test_readme_main_command_lifts_the_demo_reward(tmp_path):
     """The README's main job, end to end: `swift rlhf --rlhf_type grpo --loss_type cispo --epsilon_high 5.0`
     on the embedded demo, with the demo's own settings (about 2 minutes on 2 CPU cores)."""

@@ -6,7 +6,7 @@ import pytest
 
 from swift_cispo.cli.nemo import loss_fn_to_flags
 from swift_cispo.errors import UserError
-from test_cli import FAST, assert_clean_error, read_metrics, swift
+from helpers import FAST, assert_clean_error, read_metrics, swift
 
 SEED_BLOCK = """\
 loss_fn:
@@ -65,6 +65,7 @@ def test_nemo_guards_become_clear_errors(block, message):
         loss_fn_to_flags(block, "cfg")
 
 
+@pytest.mark.slow
 def test_seed_block_runs_as_written(tmp_path, tiny_model_dir, data_file):
     config = tmp_path / "nemo_cispo.yaml"
     config.write_text(f"model: {tiny_model_dir}\ndataset: [{data_file}]\nreward_funcs: [exact_match]\n" + SEED_BLOCK)
@@ -76,6 +77,7 @@ def test_seed_block_runs_as_written(tmp_path, tiny_model_dir, data_file):
     assert all("cispo/is_weight_max" in m for m in read_metrics(out) if "loss" in m)
 
 
+@pytest.mark.slow
 def test_unknown_loss_fn_key_fails_cleanly(tmp_path, tiny_model_dir, data_file):
     config = tmp_path / "bad.yaml"
     config.write_text(f"model: {tiny_model_dir}\ndataset: [{data_file}]\nloss_fn:\n  use_cispo: true\n  max_clamp: 3\n")

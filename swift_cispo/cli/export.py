@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from .parser import Parser, normalise_flags
+from .parser import make_parser, normalise_flags
 
 logger = logging.getLogger("swift_cispo")
 
@@ -47,7 +47,7 @@ class ExportArguments:
 
 
 def parse(argv: list[str]) -> ExportArguments:
-    parser = Parser((ExportArguments,), prog="swift export")
+    parser = make_parser((ExportArguments,), prog="swift export")
     argv = normalise_flags(argv)
     if "--help" in argv or "-h" in argv:
         parser.print_help()
@@ -80,8 +80,8 @@ def run(argv: list[str]) -> int:
         raise UserError(f"--adapters {args.adapters} holds no {ADAPTER_CONFIG}; give the folder a --train_type lora run saved")
     base = base_model_of(adapters, args.model)
 
-    from ..checkpoints import remove_if_empty
-    from .rlhf import check_model_source, resolve_output_dir
+    from .model import check_model_source
+    from .outputs import remove_if_empty, resolve_output_dir
 
     check_model_source(base)
     output_dir = resolve_output_dir(args.output_dir or f"{str(adapters).rstrip('/')}-merged", "export")

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..errors import UserError
-from .parser import Parser, normalise_flags
+from .parser import make_parser, normalise_flags
 
 logger = logging.getLogger("swift_cispo")
 
@@ -54,8 +54,8 @@ class RolloutArguments:
     )
 
 
-def build_parser() -> Parser:
-    return Parser((RolloutArguments,), prog="swift rollout")
+def build_parser():
+    return make_parser((RolloutArguments,), prog="swift rollout")
 
 
 def parse(argv: list[str]) -> RolloutArguments:
@@ -92,7 +92,7 @@ def _port_is_free(host: str, port: int) -> bool:
 
 def run(argv: list[str]) -> int:
     args = parse(argv)
-    from .rlhf import check_model_source
+    from .model import check_model_source
 
     check_model_source(args.model)
     if not _port_is_free(args.host, args.port):

@@ -25,7 +25,8 @@ from accelerate.utils import gather
 from trl import GRPOTrainer as TRLGRPOTrainer
 
 from ..callbacks import COMPLETIONS_FILE, NonFiniteGradientGuard, append_jsonl, completion_rows
-from ..checkpoints import load_rollout_state, remove_if_empty, save_rollout_state, saved_rollout_ranks
+from ..checkpoints import load_rollout_state, save_rollout_state, saved_rollout_ranks
+from ..cli.outputs import remove_if_empty
 from ..errors import NonFiniteError
 from ..losses import ReductionContext, get_loss, k3_kl, log_importance_ratio, loss_config_from_args, rollout_correction
 from ..losses.reduction import REDUCTIONS
