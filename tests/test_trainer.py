@@ -125,29 +125,29 @@ def test_cispo_option_guards(tmp_path):
 
 def test_trl_rollout_correction_names_map_onto_ours(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="swift_cispo"):
-        config = _config(tmp_path, vllm_importance_sampling_mode="sequence_mask", vllm_importance_sampling_clip_max=3.0)
+        config = grpo_config(tmp_path, vllm_importance_sampling_mode="sequence_mask", vllm_importance_sampling_clip_max=3.0)
     assert (config.rollout_importance_sampling_mode, config.rollout_importance_sampling_threshold) == ("sequence_mask", 3.0)
     assert "mapped onto rollout_importance_sampling_mode=sequence_mask" in caplog.text
-    off = _config(tmp_path, vllm_importance_sampling_correction=False)
+    off = grpo_config(tmp_path, vllm_importance_sampling_correction=False)
     assert off.rollout_importance_sampling_mode == "none" and off.vllm_importance_sampling_correction is False
     # TRL's own flags follow ours, so TRL computes the old log-probs exactly when our correction needs them
-    default = _config(tmp_path)
+    default = grpo_config(tmp_path)
     assert default.vllm_importance_sampling_correction is True
     assert default.vllm_importance_sampling_clip_max == default.rollout_importance_sampling_threshold == 2.0
     with pytest.raises(ValueError, match="vllm_importance_sampling_clip_min is not supported"):
-        _config(tmp_path, vllm_importance_sampling_clip_min=0.5)
+        grpo_config(tmp_path, vllm_importance_sampling_clip_min=0.5)
     with pytest.raises(ValueError, match="disagree with rollout_importance_sampling_mode='token_mask'"):
-        _config(tmp_path, vllm_importance_sampling_mode="sequence_mask", rollout_importance_sampling_mode="token_mask")
+        grpo_config(tmp_path, vllm_importance_sampling_mode="sequence_mask", rollout_importance_sampling_mode="token_mask")
 
 
 def test_loss_options_that_do_not_apply_are_refused(tmp_path):
     with pytest.raises(ValueError, match="delta applies to the PPO-clip losses"):
-        _config(tmp_path, delta=4.0)
+        grpo_config(tmp_path, delta=4.0)
     with pytest.raises(ValueError, match="cispo_token_mask applies to loss_type=cispo only"):
-        _config(tmp_path, loss_type="dapo", cispo_token_mask=True)
+        grpo_config(tmp_path, loss_type="dapo", cispo_token_mask=True)
     with pytest.raises(ValueError, match="epsilon_high must be a finite number; got inf"):
-        _config(tmp_path, epsilon_high=float("inf"))
-    assert _config(tmp_path, loss_type="grpo", delta=4.0).delta == 4.0
+        grpo_config(tmp_path, epsilon_high=float("inf"))
+    assert grpo_config(tmp_path, loss_type="grpo", delta=4.0).delta == 4.0
 
 
 def test_config_joins_no_process_group_and_defers_deepspeed(tmp_path):
@@ -155,12 +155,12 @@ def test_config_joins_no_process_group_and_defers_deepspeed(tmp_path):
 
     from swift_cispo.trainers.config import planned_world_size
 
-    config = _config(tmp_path, deepspeed="zero2")
+    config = grpo_config(tmp_path, deepspeed="zero2")
     assert not dist.is_initialized()
     assert config._deepspeed_template["zero_optimization"]["stage"] == 2 and not getattr(config, "_deepspeed_prepared", False)
     # a launcher checks the config its workers will build: 2 processes x 4 rows = 8, divisible by 8 generations
     with pytest.raises(ValueError, match="must be divisible by num_generations"):
-        _config(tmp_path, per_device_train_batch_size=4, num_generations=8, steps_per_generation=1)
+        grpo_config(tmp_path, per_device_train_batch_size=4, num_generations=8, steps_per_generation=1)
     with planned_world_size(2):
-        config = _config(tmp_path, per_device_train_batch_size=4, num_generations=8, steps_per_generation=1)
+        config = grpo_config(tmp_path, per_device_train_batch_size=4, num_generations=8, steps_per_generation=1)
     assert config.generation_batch_size == 8
