@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import time
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -24,8 +25,12 @@ METRICS_FILE = "logging.jsonl"
 CURVES_FILE = "training_curves.png"
 COMPLETIONS_FILE = "completions.jsonl"
 
-#: Redraw the curves after this many new log records (drawing takes ~0.5 s, logging may be every step).
+#: Redraw the curves after this many new log records, and no sooner than PLOT_EVERY_SECONDS after the
+#: last drawing. A drawing takes ~0.5 s of the training loop's time (matplotlib is Python, on the training
+#: thread); every 10 logs of a 0.3 s step that was ~10% of the run (bench/cli_vs_trl.py, profiled), at most
+#: one drawing a minute keeps it under 1%. Saves and the end of training always redraw.
 PLOT_EVERY_LOGS = 10
+PLOT_EVERY_SECONDS = 60.0
 
 # Panels of the picture: (title, metric names drawn in it). Missing metrics are skipped; the
 # "reward per function" panel takes every rewards/<name>/mean that was logged.
@@ -57,12 +62,15 @@ class MetricsFileCallback(TrainerCallback):
     """Appends every logged dict (with its step) to ``logging.jsonl`` and redraws the curves every
     ``plot_every`` logs, at each save and at the end. Only the main process writes."""
 
-    def __init__(self, output_dir: str | Path, plot_every: int = PLOT_EVERY_LOGS):
+    def __init__(self, output_dir: str | Path, plot_every: int = PLOT_EVERY_LOGS, plot_every_seconds: float = PLOT_EVERY_SECONDS):
         self.output_dir = Path(output_dir)
         self.plot_every = plot_every
+        self.plot_every_seconds = plot_every_seconds
+        self._last_drawing = time.monotonic()  # the first curves come a minute into the run, not at its first log
         self.records: list[dict] = []
         self.drawings = 0  # how many times the curves were drawn
         self._logs_since_drawing = 0
+        self._last_drawing = time.monotonic()
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero and state.global_step > 0:  # resumed: the steps after the checkpoint are redone
@@ -76,7 +84,7 @@ class MetricsFileCallback(TrainerCallback):
         self.records.append(record)
         append_jsonl(self.output_dir / METRICS_FILE, [record])
         self._logs_since_drawing += 1
-        if self._logs_since_drawing >= self.plot_every:
+        if self._logs_since_drawing >= self.plot_every and time.monotonic() - self._last_drawing >= self.plot_every_seconds:
             self.draw()
 
     def on_save(self, args, state, control, **kwargs):
@@ -91,6 +99,7 @@ class MetricsFileCallback(TrainerCallback):
         if plot_curves(self.records, self.output_dir / CURVES_FILE) is not None:
             self.drawings += 1
         self._logs_since_drawing = 0
+        self._last_drawing = time.monotonic()
 
 
 class NonFiniteGradientGuard(TrainerCallback):

@@ -256,7 +256,7 @@ def test_report_to_tensorboard_writes_event_files(runs):
 def test_curves_are_redrawn_during_the_run(tmp_path):
     from transformers import TrainerState
 
-    callback = MetricsFileCallback(tmp_path, plot_every=3)
+    callback = MetricsFileCallback(tmp_path, plot_every=3, plot_every_seconds=0.0)
     state = TrainerState()
     png = tmp_path / "training_curves.png"
     for step in range(1, 8):
@@ -269,6 +269,25 @@ def test_curves_are_redrawn_during_the_run(tmp_path):
     assert callback.drawings == 2  # after logs 3 and 6; not yet after 7
     callback.on_train_end(None, state, None)
     assert callback.drawings == 3
+
+
+def test_curves_are_redrawn_at_most_once_a_minute(tmp_path, monkeypatch):
+    """Drawing runs on the training thread: logs every step must not redraw more often than the time limit."""
+    from transformers import TrainerState
+
+    import swift_cispo.callbacks as callbacks
+
+    clock = [1000.0]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock[0])
+    callback = MetricsFileCallback(tmp_path, plot_every=2)
+    state = TrainerState()
+    for step in range(1, 21):  # 20 logs, one every 5 s: 100 s in all
+        clock[0] += 5.0
+        state.global_step = step
+        callback.on_log(None, state, None, logs={"loss": 1.0 / step, "reward": 0.1 * step})
+    assert callback.drawings == 1  # at 60 s; the next would be due at 120 s
+    callback.on_train_end(None, state, None)
+    assert callback.drawings == 2
 
 
 def test_truncate_jsonl_keeps_the_steps_up_to_the_checkpoint(tmp_path):
