@@ -314,6 +314,22 @@ def test_report_to_needs_its_package(tmp_path, monkeypatch, tiny_model_dir, data
         assert not (tmp_path / "o").exists()
 
 
+def test_a_folder_the_user_had_is_never_removed(tmp_path, tiny_model_dir):
+    """A bad dataset stops the run before training; the run's own new folder goes, the user's empty one stays."""
+    from swift_cispo.cli.rlhf import run
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "no prompt column"}\n')
+    argv = ["--model", str(tiny_model_dir), "--dataset", str(bad), "--reward_funcs", "exact_match"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for out in (mine, tmp_path / "new"):
+        with pytest.raises(UserError):
+            run([*argv, "--output_dir", str(out)])
+    assert mine.is_dir() and not any(mine.iterdir())
+    assert not (tmp_path / "new").exists()
+
+
 # --------------------------------------------------------------------------- faults
 def test_reward_that_raises_names_the_function_and_the_sample(tmp_path, tiny_model_dir, data_file):
     from swift_cispo.cli.rlhf import run

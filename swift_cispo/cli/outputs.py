@@ -13,6 +13,10 @@ from pathlib import Path
 
 from ..errors import UserError
 
+# Folders this process created; only these may be removed when a run stops before writing anything.
+# A folder the user had before the run (an empty one included) is never deleted.
+_created: set[Path] = set()
+
 
 def resolve_output_dir(requested: str | None, loss_type: str, resume: Path | None = None) -> Path:
     """A new folder for this run; an existing non-empty one is refused so nothing in it is overwritten,
@@ -24,8 +28,11 @@ def resolve_output_dir(requested: str | None, loss_type: str, resume: Path | Non
     continuing = resume is not None and path.resolve() == resume.resolve().parent
     if not continuing and path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise UserError(f"output_dir {path} already exists and is not empty; give a new --output_dir so nothing in it is overwritten")
+    existed = path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
+        if not existed:
+            _created.add(path.resolve())
         probe = path / ".write_test"
         probe.write_text("")
         probe.unlink()
@@ -74,7 +81,12 @@ def worker_output_dir(requested: str | None) -> Path | None:
 
 
 def remove_if_empty(path: Path) -> None:
-    """Remove a folder this run created but left empty (a run that stopped before writing anything)."""
+    """Remove a folder this run created but left empty (a run that stopped before writing anything).
+
+    A folder that existed before the run is left alone, empty or not: it is the user's.
+    """
+    if path.resolve() not in _created:
+        return
     try:
         path.rmdir()
     except OSError:  # not empty, or already gone

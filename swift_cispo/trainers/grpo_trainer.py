@@ -26,7 +26,6 @@ from trl import GRPOTrainer as TRLGRPOTrainer
 
 from ..callbacks import COMPLETIONS_FILE, NonFiniteGradientGuard, append_jsonl, completion_rows
 from ..checkpoints import load_rollout_state, save_rollout_state, saved_rollout_ranks
-from ..cli.outputs import remove_if_empty
 from ..errors import NonFiniteError
 from ..losses import ReductionContext, get_loss, k3_kl, log_importance_ratio, loss_config_from_args, rollout_correction
 from ..losses.reduction import REDUCTIONS
@@ -77,7 +76,7 @@ class GRPOTrainer(TRLGRPOTrainer):
         # --log_completions: this trainer writes completions.jsonl (one row per completion, once per
         # rollout) in place of TRL's console table and per-log parquet copies of the same rows.
         self._write_completions, self.log_completions = self.args.log_completions, False
-        remove_if_empty(Path(self.args.output_dir) / "completions")
+        _remove_empty_folder(Path(self.args.output_dir) / "completions")  # TRL makes it for the parquet copies
         self._resume_checkpoint: str | None = None  # set while a resumed run has not yet restored its RNG
         self._rng_restored_from: str | None = None
         if not self.args.fp16:  # fp16's loss scaler expects (and skips) overflowing steps itself
@@ -339,6 +338,13 @@ def non_finite_problem(loss: torch.Tensor, log_probs: torch.Tensor, mask: torch.
     where = f"{bad_log_probs} completion-token log-probs are NaN or inf" if bad_log_probs else "the log-probs are finite"
     return f"the loss is {value} ({where})"
 
+
+
+def _remove_empty_folder(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:  # not empty, or not there
+        pass
 
 
 def _loss_mask(inputs: dict) -> torch.Tensor:
