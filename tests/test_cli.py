@@ -126,6 +126,14 @@ def test_help_lists_the_flags(swift_here):
         (["--num_generations", "two"], ["--num_generations", "invalid int value"]),
         (["--external_plugins", "missing_plugin.py"], ["plugin file missing_plugin.py does not exist"]),
         (["--rlhf_type", "dpo"], ["--rlhf_type", "invalid choice"]),
+        # a run that would train nothing (data_file has 16 prompts): an error, not exit 0 with the base model saved
+        (["--per_device_train_batch_size", "32", "--num_generations", "2", "--steps_per_generation", "2"],
+         ["the dataset has 16 prompts, fewer than the 32 one generation batch takes", "lower --per_device_train_batch_size"]),
+        (["--num_train_epochs", "0"], ["--num_train_epochs 0 trains no step"]),
+        (["--max_steps", "0"], ["--max_steps 0 trains no step"]),
+        (["--num_iterations", "0"], ["num_iterations must be a whole number >= 1"]),
+        (["--loss_type", "cispo", "--epsilon_high", "5", "--loss_type", "grpo"], ["--loss_type is given twice, as cispo and as grpo; give it once"]),
+        (["--epsilon_high", "inf"], ["epsilon_high must be a finite number; got inf"]),
     ],
 )
 def test_bad_values_end_in_one_sentence(swift_here, tmp_path, tiny_model_dir, data_file, flags, fragments):

@@ -164,3 +164,10 @@ def test_config_joins_no_process_group_and_defers_deepspeed(tmp_path):
     with planned_world_size(2):
         config = grpo_config(tmp_path, per_device_train_batch_size=4, num_generations=8, steps_per_generation=1)
     assert config.generation_batch_size == 8
+
+
+def test_a_dataset_smaller_than_one_generation_batch_is_refused_before_the_model_loads(tmp_path):
+    # the model path does not exist: the check must come first
+    with pytest.raises(ValueError, match="the dataset has 2 prompts, fewer than the 8 one generation batch takes"):
+        GRPOTrainer(model=str(tmp_path / "no-model"), reward_funcs=_length_reward, args=grpo_config(tmp_path, steps_per_generation=4),
+                    train_dataset=Dataset.from_dict({"prompt": ["1+2=", "3+4="]}))

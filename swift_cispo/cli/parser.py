@@ -114,6 +114,26 @@ def normalise_flags(argv: list[str]) -> list[str]:
     return out
 
 
+def reject_repeated_flags(argv: list[str]) -> None:
+    """A flag given twice on the command line with different values is an error, not "the last one wins".
+
+    Call it on the command line as typed (aliases and ``--flag=value`` normalised), before config files
+    are expanded: a flag that overrides a config file's value is the intended use of the override.
+    """
+    occurrences: list[tuple[str, list[str]]] = []  # (flag, its values), in command-line order
+    for token in normalise_flags(argv):
+        if token.startswith("--"):
+            occurrences.append((token[2:], []))
+        elif occurrences:
+            occurrences[-1][1].append(token)
+    first: dict[str, list[str]] = {}
+    for name, values in occurrences:
+        if name in first and first[name] != values:
+            shown = [" ".join(v) or "(no value)" for v in (first[name], values)]
+            raise UserError(f"--{name} is given twice, as {shown[0]} and as {shown[1]}; give it once")
+        first.setdefault(name, values)
+
+
 def explicit_flags(argv: list[str]) -> set[str]:
     return {token[2:] for token in argv if token.startswith("--")}
 

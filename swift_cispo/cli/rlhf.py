@@ -10,7 +10,7 @@ from ..errors import UserError
 from .args import DataArguments, ModelArguments, RLHFArguments, training_arguments_class
 from .model import check_model_source, load_model_and_tokenizer, lora_config
 from .outputs import launcher_output_dir, remove_if_empty, resolve_output_dir, worker_output_dir
-from .parser import expand_config_files, explicit_flags, make_parser, normalise_flags, reject_unsupported
+from .parser import reject_repeated_flags, expand_config_files, explicit_flags, make_parser, normalise_flags, reject_unsupported
 
 logger = logging.getLogger("swift_cispo")
 
@@ -27,6 +27,7 @@ def parse(argv: list[str]):
     """Command line -> (model, data, rlhf, training) argument objects and whether it is the demo."""
     from . import spec
 
+    reject_repeated_flags(argv)
     argv = normalise_flags(expand_config_files(argv))
     if "--help" in argv or "-h" in argv:  # answered from the stored text: no TRL import for --help
         print(spec.stored()["help"], end="")
@@ -95,8 +96,11 @@ def run(argv: list[str]) -> int:
     try:
         dataset = load_datasets(data_args.dataset, seed=config.seed, system=data_args.system, columns=columns)
         dataset, eval_dataset = split_for_evaluation(dataset, data_args.split_dataset_ratio, config.seed)
-        from ..trainers.config import prepare_deepspeed
+        from ..trainers.config import empty_run_reason, prepare_deepspeed
 
+        reason = empty_run_reason(config, len(dataset))
+        if reason:  # before the weights load: a run that trains nothing must not exit 0 with the base model saved
+            raise UserError(reason)
         prepare_deepspeed(config)  # before the weights load: ZeRO-3 partitions them as they do
         model, tokenizer = load_model_and_tokenizer(model_args)
     except UserError:

@@ -256,6 +256,8 @@ class GRPOConfig(TRLGRPOConfig):
                 raise ValueError(
                     f"{name}={getattr(self, name)!r} is not supported by swift_cispo's GRPOTrainer; leave it at {off!r}"
                 )
+        if self.num_iterations < 1:
+            raise ValueError(f"num_iterations must be a whole number >= 1 (passes over each generation batch); got {self.num_iterations}")
         self._check_loss_options()
         self._check_vllm_options()
         self._map_trl_rollout_correction()
@@ -371,6 +373,28 @@ class GRPOConfig(TRLGRPOConfig):
             raise ValueError(f"rollout_importance_sampling_threshold must be > 0; got {self.rollout_importance_sampling_threshold}")
 
 
+def empty_run_reason(config: GRPOConfig, num_prompts: int) -> str | None:
+    """Why training ``num_prompts`` dataset rows with ``config`` would run no optimizer step; None if it trains.
+
+    TRL's sampler hands out whole generation batches of ``generation_batch_size / num_generations``
+    prompts (all processes) and drops a last, partial one; transformers then trains
+    ``max_steps`` steps, or ``num_train_epochs`` passes. A run that trains nothing would otherwise
+    exit 0 and save the untouched model as its result.
+    """
+    per_generation = config.generation_batch_size // config.num_generations
+    if num_prompts < per_generation:
+        return (
+            f"the dataset has {num_prompts} prompts, fewer than the {per_generation} one generation batch takes "
+            f"(generation_batch_size {config.generation_batch_size} / num_generations {config.num_generations}), so no "
+            "step would run; add rows, or lower --per_device_train_batch_size or --steps_per_generation"
+        )
+    if config.max_steps == 0:
+        return "--max_steps 0 trains no step; give a positive --max_steps, or leave it out to train --num_train_epochs"
+    if config.max_steps < 0 and config.num_train_epochs <= 0:
+        return f"--num_train_epochs {config.num_train_epochs:g} trains no step; give a positive number of epochs or --max_steps"
+    return None
+
+
 def prepare_deepspeed(config: GRPOConfig) -> None:
     """Fill DeepSpeed's "auto" batch sizes with the real world size, once the process group may exist.
 
@@ -399,5 +423,5 @@ def prepare_deepspeed(config: GRPOConfig) -> None:
     config._deepspeed_prepared = True
 
 
-__all__ = ["GRPOConfig", "DEFAULT_CISPO_EPSILON_HIGH", "planned_world_size", "prepare_deepspeed"]
+__all__ = ["GRPOConfig", "DEFAULT_CISPO_EPSILON_HIGH", "empty_run_reason", "planned_world_size", "prepare_deepspeed"]
 

