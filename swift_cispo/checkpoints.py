@@ -45,6 +45,8 @@ def safetensors_problem(path: Path) -> str | None:
             if len(prefix) < 8:
                 return f"{path.name} is truncated"
             (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > path.stat().st_size:  # a corrupted length: reading it would ask for exabytes
+                return f"{path.name} is truncated or not a safetensors file"
             header = json.loads(handle.read(header_len))
     except (OSError, ValueError):
         return f"{path.name} is truncated or not a safetensors file"

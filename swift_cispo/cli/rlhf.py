@@ -138,7 +138,7 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, rlhf_args: RLH
         shown = ", ".join(f"{k}={getattr(train_args, k)}" for k in DEMO_HPARAMS)
         logger.info("no --model/--dataset given: training the embedded demo (%s)", DEMO_DATASET_PATH.name)
         logger.info("demo settings (override any with its flag): %s", shown)
-    check_model_source(model_args.model)
+    check_model_source(model_args.model, model_args.trust_remote_code)
     from ..data import parse_columns
 
     columns = parse_columns(data_args.columns)

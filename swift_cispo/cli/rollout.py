@@ -94,7 +94,7 @@ def run(argv: list[str]) -> int:
     args = parse(argv)
     from .model import check_model_source
 
-    check_model_source(args.model)
+    check_model_source(args.model, args.trust_remote_code)
     if not _port_is_free(args.host, args.port):
         raise UserError(f"port {args.port} on {args.host} is already in use; pick another with --port")
     try:
