@@ -171,3 +171,20 @@ def test_a_dataset_smaller_than_one_generation_batch_is_refused_before_the_model
     with pytest.raises(ValueError, match="the dataset has 2 prompts, fewer than the 8 one generation batch takes"):
         GRPOTrainer(model=str(tmp_path / "no-model"), reward_funcs=_length_reward, args=grpo_config(tmp_path, steps_per_generation=4),
                     train_dataset=Dataset.from_dict({"prompt": ["1+2=", "3+4="]}))
+
+
+def test_resuming_with_another_length_names_the_schedule_that_makes_it_inexact(tmp_path):
+    import json
+
+    from swift_cispo.trainers.grpo_trainer import schedule_change_note
+
+    checkpoint = tmp_path / "checkpoint-3"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 3, "max_steps": 3}))
+    cosine = grpo_config(tmp_path, lr_scheduler_type="cosine", max_steps=6)
+    note = schedule_change_note(checkpoint, cosine, 6)
+    assert note.startswith("checkpoint-3 was trained for a run of 3 steps and this run has 6: --lr_scheduler_type cosine scale")
+    assert schedule_change_note(checkpoint, cosine, 3) is None  # same length: exact
+    assert schedule_change_note(checkpoint, grpo_config(tmp_path, lr_scheduler_type="constant", max_steps=6), 6) is None
+    ratio = grpo_config(tmp_path, lr_scheduler_type="constant_with_warmup", warmup_steps=0.1, max_steps=6)
+    assert "a warmup of 0.1 of the run" in schedule_change_note(checkpoint, ratio, 6)

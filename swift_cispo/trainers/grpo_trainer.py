@@ -232,6 +232,9 @@ class GRPOTrainer(TRLGRPOTrainer):
         if checkpoint is None:
             return
         self._resume_checkpoint = checkpoint
+        note = schedule_change_note(Path(checkpoint), self.args, self.state.max_steps)
+        if note:
+            logger.warning("%s", note)
         # Every process restores its rollouts, or none does: a process generating alone would wait
         # forever in the rollout's collectives (e.g. when resumed on a different number of processes).
         if saved_rollout_ranks(Path(checkpoint)) == self.accelerator.num_processes:
@@ -343,6 +346,39 @@ def non_finite_problem(loss: torch.Tensor, log_probs: torch.Tensor, mask: torch.
     where = f"{bad_log_probs} completion-token log-probs are NaN or inf" if bad_log_probs else "the log-probs are finite"
     return f"the loss is {value} ({where})"
 
+
+
+#: Learning-rate schedules whose value at a step does not depend on the run's length (max_steps).
+_LENGTH_FREE_SCHEDULES = ("constant", "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau")
+
+
+def schedule_change_note(checkpoint: Path, args, max_steps: int) -> str | None:
+    """Why a run resumed from ``checkpoint`` with ``max_steps`` cannot match one that ran straight, or None.
+
+    Weights, optimizer, RNG and the rollout window resume exactly. But a schedule that stretches with
+    the run's length (cosine, linear, ... or warmup given as a ratio) gave the checkpoint's steps
+    the learning rates of the *earlier* length; extending a finished run then diverges from a run
+    that was that long from the start.
+    """
+    import json
+
+    try:
+        saved_max_steps = int(json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["max_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if saved_max_steps == max_steps:
+        return None
+    schedule = str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
+    depends = [f"--lr_scheduler_type {schedule}"] if schedule not in _LENGTH_FREE_SCHEDULES else []
+    if 0 < args.warmup_steps < 1:  # transformers reads a warmup below 1 as a share of the run (ms-swift's --warmup_ratio)
+        depends.append(f"a warmup of {args.warmup_steps:g} of the run")
+    if not depends:
+        return None
+    return (
+        f"{checkpoint.name} was trained for a run of {saved_max_steps} steps and this run has {max_steps}: "
+        f"{' and '.join(depends)} scale with the run's length, so the learning rates of its first steps differ from "
+        "a run that had this length from the start (weights, optimizer and rollouts still resume exactly)"
+    )
 
 
 def _remove_empty_folder(path: Path) -> None:
