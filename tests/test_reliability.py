@@ -526,3 +526,24 @@ def test_no_pickle_loading_in_the_package(tmp_path):
     assert len(files) > 30
     found = [hit for path in files for hit in unsafe_loading_calls(path.read_text(), str(path.relative_to(REPO)))]
     assert found == []
+
+
+@pytest.mark.slow
+def test_extending_a_finished_run_matches_the_straight_run(tmp_path, tiny_model_dir, data_file, plugin_file):
+    """Stopped by --max_steps 3 (inside a generation window), resumed to --max_steps 4 under a constant learning
+    rate: the weights equal a straight 4-step run's, and the resumed step really moved them."""
+    common = ["rlhf", "--model", tiny_model_dir, "--dataset", data_file, "--reward_funcs", "short_answer",
+              "--external_plugins", plugin_file,
+              "--num_generations", "4", "--per_device_train_batch_size", "8", "--steps_per_generation", "2",
+              "--max_completion_length", "4", "--learning_rate", "5e-2", "--lr_scheduler_type", "constant",
+              "--save_steps", "1", "--seed", "0", "--temperature", "1.5"]  # fmt: skip
+    straight = swift(*common, "--max_steps", "4", "--output_dir", tmp_path / "straight", cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    part = swift(*common, "--max_steps", "3", "--output_dir", tmp_path / "part", cwd=tmp_path)
+    assert part.returncode == 0, part.stderr[-3000:]
+    resumed = swift(*common, "--max_steps", "4", "--output_dir", tmp_path / "part",
+                    "--resume_from_checkpoint", tmp_path / "part" / "checkpoint-3", cwd=tmp_path)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "scale with the run's length" not in resumed.stderr  # a constant schedule: nothing to warn about
+    assert _max_abs_diff(_weights(tmp_path / "part"), _weights(tmp_path / "straight")) == 0.0
+    assert _max_abs_diff(_weights(tmp_path / "part"), _weights(tmp_path / "part" / "checkpoint-3")) > 1e-4
