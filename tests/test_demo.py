@@ -13,7 +13,7 @@ import torch
 
 from helpers import REPO
 from swift_cispo.demo import DEMO_DATASET_PATH, DEMO_HPARAMS, DEMO_MODEL_DIR
-from swift_cispo.demo.task import score
+from swift_cispo.rewards.builtin import score
 
 
 def test_demo_files_are_small_and_load():

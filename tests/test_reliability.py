@@ -23,14 +23,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from swift_cispo.callbacks import (
-    COMPLETIONS_FILE,
-    MetricsFileCallback,
-    NonFiniteGradientGuard,
-    check_reporting,
-    curve_panels,
-    truncate_jsonl,
-)
+from swift_cispo.callbacks import NonFiniteGradientGuard
+from swift_cispo.cli.reporting import check_reporting
+from swift_cispo.plots import curve_panels
+from swift_cispo.records import COMPLETIONS_FILE, MetricsFileCallback, truncate_jsonl
 from swift_cispo.checkpoints import incomplete_reason, resolve_resume, safetensors_problem
 from swift_cispo.errors import NonFiniteError, UserError
 from swift_cispo.trainers.grpo_trainer import non_finite_problem
