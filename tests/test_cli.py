@@ -111,6 +111,27 @@ def test_help_lists_the_flags(swift_here):
 
 
 @pytest.mark.parametrize(
+    "error,code",
+    [("UserError", 2), ("NonFiniteError", 2), ("RolloutServerError", 1)],
+)
+def test_reported_errors_exit_with_their_code(swift_here, monkeypatch, error, code):
+    """Every ReportedError is one sentence and its exit code: bad input 2, a non-finite step 2, a failing server 1."""
+    from swift_cispo import errors
+    from swift_cispo.cli import rlhf
+    from swift_cispo.generation.client import RolloutServerError
+
+    kind = RolloutServerError if error == "RolloutServerError" else getattr(errors, error)
+
+    def fail(argv):
+        raise kind("something named went wrong; here is what to do")
+
+    monkeypatch.setattr(rlhf, "run", fail)
+    result = swift_here("rlhf")
+    assert result.returncode == code
+    assert result.stderr == "swift rlhf: error: something named went wrong; here is what to do\n"
+
+
+@pytest.mark.parametrize(
     "flags,fragments",
     [
         (["--epsilon_high", "-1"], ["epsilon_high must be > 0"]),

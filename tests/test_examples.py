@@ -156,6 +156,12 @@ def _run_server_example(script: str, out: Path) -> subprocess.CompletedProcess:
     return result
 
 
+def _assert_fresh_rollouts(metrics: list[dict]) -> None:
+    """Every logged rollout was sampled with the weights of the step that used it (policy lag 0)."""
+    lags = [m["rollout/policy_lag"] for m in metrics if "rollout/policy_lag" in m]
+    assert lags and all(lag == 0.0 for lag in lags), lags
+
+
 @pytest.mark.vllm
 def test_vllm_colocate_example_smoke(tmp_path):
     _require_vllm()
@@ -164,8 +170,7 @@ def test_vllm_colocate_example_smoke(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3]
-    lags = [m["rollout/policy_lag"] for m in metrics if "rollout/policy_lag" in m]
-    assert lags and all(lag == 0.0 for lag in lags), lags
+    _assert_fresh_rollouts(metrics)
 
 
 @pytest.mark.vllm
@@ -176,8 +181,7 @@ def test_vllm_server_example_smoke_and_server_stopped(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3]
-    lags = [m["rollout/policy_lag"] for m in metrics if "rollout/policy_lag" in m]
-    assert lags and all(lag == 0.0 for lag in lags), lags
+    _assert_fresh_rollouts(metrics)
 
 
 @pytest.mark.vllm
@@ -206,6 +210,5 @@ def test_vllm_server_node_example_smoke_two_training_processes(tmp_path):
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
     # fresh rollouts from the server every step, synced with the weights of both processes' shared model
-    lags = [m["rollout/policy_lag"] for m in metrics if "rollout/policy_lag" in m]
-    assert lags and all(lag == 0.0 for lag in lags), lags
+    _assert_fresh_rollouts(metrics)
     assert max(m["sampling/sampling_logp_difference/mean"] for m in metrics if "sampling/sampling_logp_difference/mean" in m) < 1e-3

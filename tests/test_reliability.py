@@ -23,14 +23,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from swift_cispo.callbacks import (
-    COMPLETIONS_FILE,
-    MetricsFileCallback,
-    NonFiniteGradientGuard,
-    check_reporting,
-    curve_panels,
-    truncate_jsonl,
-)
+from swift_cispo.callbacks import NonFiniteGradientGuard
+from swift_cispo.cli.reporting import check_reporting
+from swift_cispo.plots import curve_panels
+from swift_cispo.records import COMPLETIONS_FILE, MetricsFileCallback, truncate_jsonl
 from swift_cispo.checkpoints import incomplete_reason, resolve_resume, safetensors_problem
 from swift_cispo.errors import NonFiniteError, UserError
 from swift_cispo.trainers.grpo_trainer import non_finite_problem
@@ -275,7 +271,7 @@ def test_curves_are_redrawn_at_most_once_a_minute(tmp_path, monkeypatch):
     """Drawing runs on the training thread: logs every step must not redraw more often than the time limit."""
     from transformers import TrainerState
 
-    import swift_cispo.callbacks as callbacks
+    import swift_cispo.records as callbacks
 
     clock = [1000.0]
     monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock[0])
