@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from trl import GRPOConfig as TRLGRPOConfig
 
@@ -127,6 +128,18 @@ class GRPOConfig(TRLGRPOConfig):
             "help": "Server mode: seconds to wait for the server to answer at start-up before stopping with an error."
         },
     )
+    vllm_server_api_key: str | None = field(
+        default=None,
+        metadata={
+            "help": "Server mode: the API key of the `swift rollout` server. Default: the contents of "
+            "--vllm_server_api_key_file, else $VLLM_API_KEY, else the key a server on this machine generated "
+            "(~/.cache/swift_cispo/rollout-<port>.key). Prefer the file or the variable: a flag's value shows in the "
+            "process list."
+        },
+    )
+    vllm_server_api_key_file: str | None = field(
+        default=None, metadata={"help": "Server mode: file holding the rollout server's API key; see --vllm_server_api_key."}
+    )
     vllm_gpu_memory_utilization: float = field(
         default=0.3,
         metadata={
@@ -238,6 +251,28 @@ class GRPOConfig(TRLGRPOConfig):
         if deepspeed_template is not None:
             self._fill_deepspeed_config(deepspeed_template)
 
+    # The rollout server's key stays out of what is logged (report_to's config) and saved (training_args.bin),
+    # as transformers does for its *_token fields.
+    _SECRET = "vllm_server_api_key"
+
+    def to_dict(self):
+        values = super().to_dict()
+        if values.get(self._SECRET):
+            values[self._SECRET] = "<VLLM_SERVER_API_KEY>"
+        return values
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if state.get(self._SECRET):
+            state[self._SECRET] = None
+        return state
+
+    def __deepcopy__(self, memo):  # a copy in memory keeps the key (only pickling drops it)
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
+
     def _fill_deepspeed_config(self, template: dict) -> None:
         """Fill DeepSpeed's "auto" batch sizes with the real world size.
 
@@ -299,6 +334,8 @@ class GRPOConfig(TRLGRPOConfig):
             raise ValueError("vllm_weight_transport nccl needs the trainer on a CUDA GPU; use gloo or http on CPU")
         if self.vllm_server_timeout <= 0:
             raise ValueError(f"vllm_server_timeout must be > 0 seconds; got {self.vllm_server_timeout}")
+        if self.vllm_server_api_key_file is not None and not Path(self.vllm_server_api_key_file).expanduser().is_file():
+            raise ValueError(f"vllm_server_api_key_file {self.vllm_server_api_key_file} does not exist; give the file holding the key")
 
     def _check_cispo_options(self) -> None:
         if self.cispo_clip_convention not in ("cap", "offset"):
