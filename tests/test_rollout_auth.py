@@ -307,6 +307,6 @@ def test_key_file_flags_are_checked_before_anything_starts(tmp_path, tiny_model_
     assert_clean_error(
         swift("rlhf", "--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_api_key_file", missing,
               "--output_dir", tmp_path / "o", cwd=tmp_path),  # fmt: skip
-        f"vllm_server_api_key_file {missing} does not exist",
+        f"--vllm_server_api_key_file {missing} cannot be read (No such file or directory)",
     )
     assert not (tmp_path / "o").exists()

@@ -106,8 +106,11 @@ def key_matches(given: str | None, expected: str) -> bool:
     """Constant-time comparison (of digests, so neither the length nor non-ASCII text matters)."""
     if given is None:
         return False
-    digest = lambda text: hashlib.sha256(text.encode("utf-8")).digest()  # noqa: E731
-    return hmac.compare_digest(digest(given), digest(expected))
+    return hmac.compare_digest(_digest(given), _digest(expected))
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()
 
 
 def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:

@@ -334,8 +334,10 @@ class GRPOConfig(TRLGRPOConfig):
             raise ValueError("vllm_weight_transport nccl needs the trainer on a CUDA GPU; use gloo or http on CPU")
         if self.vllm_server_timeout <= 0:
             raise ValueError(f"vllm_server_timeout must be > 0 seconds; got {self.vllm_server_timeout}")
-        if self.vllm_server_api_key_file is not None and not Path(self.vllm_server_api_key_file).expanduser().is_file():
-            raise ValueError(f"vllm_server_api_key_file {self.vllm_server_api_key_file} does not exist; give the file holding the key")
+        if self.vllm_server_api_key_file is not None:  # read now, so a bad file fails before the model loads
+            from ..generation.auth import read_key_file
+
+            read_key_file(Path(self.vllm_server_api_key_file), "--vllm_server_api_key_file")
 
     def _check_cispo_options(self) -> None:
         if self.cispo_clip_convention not in ("cap", "offset"):
