@@ -9,13 +9,13 @@ caught by reading its length and index rather than by loading it. Nothing here u
 from __future__ import annotations
 
 import json
-import pickletools
 import re
 import struct
 import zipfile
 from pathlib import Path
 
 from .errors import UserError
+from .pickles import pickle_problem
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
@@ -170,7 +170,7 @@ def resolve_resume(value: str | None, output_dir: str | None) -> tuple[Path | No
 _OURS = re.compile(
     r"""^(trainer_state\.json|training_args\.bin|optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth
     |rollout_state_\d+\.safetensors|model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json
-    |pytorch_model(-\d+-of-\d+)?\.bin|adapter_model\.safetensors|latest|zero_to_fp32\.py)$""",
+    |pytorch_model(-\d+-of-\d+)?\.bin|adapter_model\.safetensors|latest|zero_to_(fp32|torch)\.py)$""",
     re.X,
 )
 #: DeepSpeed's folder of optimizer and model states, and the files in it.
@@ -180,8 +180,6 @@ _DEEPSPEED_FILE = re.compile(r"^(\w+_)?(model|optim)_states\.pt$")
 _LOADABLE = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz", ".py", ".so", ".safetensors"})
 #: The pickled files a resumed run loads with torch's restricted loader (weights_only=True).
 _PICKLED_STATE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|pytorch_model(-\d+-of-\d+)?\.bin)$")
-#: Opcodes torch.save's protocol-2 pickles never contain; the restricted loader refuses them.
-_FOREIGN_OPCODES = frozenset({"STACK_GLOBAL", "INST", "OBJ", "EXT1", "EXT2", "EXT4"})
 
 
 def check_resume_fits(folder: Path, model: str, trust_remote_code: bool = False, train_type: str = "full", lora_rank=None) -> None:
@@ -191,13 +189,24 @@ def check_resume_fits(folder: Path, model: str, trust_remote_code: bool = False,
     restricted loader refuses (an ``UnpicklingError`` at resume, or code run by a less careful loader);
     weights (read from safetensors headers) whose shapes differ from ``model``'s.
     """
-    problem = (
-        foreign_file(folder)
-        or next(filter(None, (pickle_problem(path) for path in sorted(folder.iterdir()) if _PICKLED_STATE.match(path.name))), None)
-        or weights_problem(folder, model, trust_remote_code, train_type, lora_rank)
-    )
+    problem = foreign_file(folder) or _pickles_problem(folder) or weights_problem(folder, model, trust_remote_code, train_type, lora_rank)
     if problem:
         raise UserError(f"cannot resume from {folder}: {problem}")
+
+
+def _pickles_problem(folder: Path) -> str | None:
+    """The first pickled state file a resumed run would load that holds more than tensors and plain data."""
+    for path in sorted(folder.iterdir()):
+        if _PICKLED_STATE.match(path.name):
+            problem = pickle_problem(path)
+        elif path.is_dir() and _DEEPSPEED_DIR.match(path.name):  # DeepSpeed unpickles these without restriction
+            inner = (pickle_problem(p, deepspeed=True) for p in sorted(path.iterdir()) if _DEEPSPEED_FILE.match(p.name))
+            problem = next(filter(None, inner), None)
+        else:
+            continue
+        if problem:
+            return problem
+    return None
 
 
 def foreign_file(folder: Path) -> str | None:
@@ -216,49 +225,6 @@ def foreign_file(folder: Path) -> str | None:
                 "code when loaded); resume from a checkpoint this tool saved, or remove that file"
             )
     return None
-
-
-def _allowed_globals() -> set[str]:
-    """What torch's restricted loader accepts, plus the numpy types transformers allows for the RNG state."""
-    from torch import _weights_only_unpickler
-
-    allowed = set(_weights_only_unpickler._get_allowed_globals())
-    allowed |= {"numpy.ndarray", "numpy.dtype", "numpy._core.multiarray._reconstruct", "numpy.core.multiarray._reconstruct"}
-    allowed |= {f"numpy.dtypes.{kind}DType" for kind in ("UInt32", "Int64", "Float64")}
-    return allowed
-
-
-def pickle_problem(path: Path) -> str | None:
-    """Why the pickle inside a torch.save file would be refused (or run code), from its opcodes; None if it would not.
-
-    Nothing is unpickled: the opcodes are only listed, and each imported global checked.
-    """
-    try:
-        with zipfile.ZipFile(path) as archive:
-            pickles = [name for name in archive.namelist() if name.endswith("data.pkl")]
-            data = archive.read(pickles[0]) if len(pickles) == 1 else None
-    except (OSError, zipfile.BadZipFile):
-        data = None
-    if data is None:
-        return f"{path.name} is not a file torch.save writes; resume from a checkpoint this tool saved"
-    allowed = _allowed_globals()
-    what = None
-    try:
-        for opcode, arg, _ in pickletools.genops(data):
-            if opcode.name == "GLOBAL" and str(arg).replace(" ", ".") not in allowed:
-                what = f"a reference to {str(arg).replace(' ', '.')}"
-            elif opcode.name in _FOREIGN_OPCODES:
-                what = f"the opcode {opcode.name}"
-            if what:
-                break
-    except ValueError:
-        what = "a pickle that cannot be read"
-    if what is None:
-        return None
-    return (
-        f"{path.name} holds {what}, which the files swift-cispo saves never hold (a pickle that could run code, "
-        "so it was not loaded); resume from a checkpoint this tool saved"
-    )
 
 
 def checkpoint_weight_shapes(folder: Path) -> tuple[str, dict[str, list[int]]] | None:

@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from test_cli import assert_clean_error, swift
 
-from swift_cispo.checkpoints import check_resume_fits, pickle_problem, resolve_resume
+from swift_cispo.checkpoints import check_resume_fits, resolve_resume
+from swift_cispo.pickles import pickle_problem
 from swift_cispo.errors import UserError
 
 
@@ -108,14 +109,59 @@ def test_loadable_files_this_tool_does_not_write_are_refused(tmp_path, tiny_mode
     )
 
 
+def _deepspeed_states(folder: Path) -> Path:
+    """DeepSpeed's per-process files, holding what its ZeRO optimizer states hold besides tensors."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    states = folder / "global_step3"
+    states.mkdir()
+    torch.save({"module": {"w": torch.ones(2)}, "param_shapes": [torch.Size([2])]}, states / "zero_pp_rank_0_mp_rank_00_model_states.pt")
+    optim = {"loss_scaler": LossScaler(1.0), "zero_stage": ZeroStageEnum.gradients, "param_slice_mappings": [fragment_address(2, 0)]}
+    torch.save({"optimizer_state_dict": optim, "ds_version": "0.18"}, states / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    (folder / "latest").write_text("global_step3")
+    for script in ("zero_to_fp32.py", "zero_to_torch.py"):
+        (folder / script).write_text("# DeepSpeed's conversion script\n")
+    return states
+
+
 def test_files_that_cannot_run_code_and_deepspeed_states_are_accepted(tmp_path, tiny_model_dir):
     folder = _checkpoint(tmp_path, tiny_model_dir)
     (folder / "notes.txt").write_text("my run")
     (folder / "tokenizer.json").write_text("{}")
-    (folder / "global_step3").mkdir()
-    torch.save({"module": {}}, folder / "global_step3" / "mp_rank_00_model_states.pt")
-    torch.save({}, folder / "global_step3" / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    _deepspeed_states(folder)
     check_resume_fits(folder, str(tiny_model_dir))
+
+
+def _raw_torch_file(path: Path, pickle_bytes: bytes) -> None:
+    """A torch.save-shaped archive around a hand-written pickle."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"{path.stem}/data.pkl", pickle_bytes)
+
+
+@pytest.mark.parametrize(
+    "pickle_bytes, what",
+    [
+        (None, "a reference to os.makedirs"),  # a payload DeepSpeed's unrestricted loader would run
+        (b"\x80\x02cdeepspeed.launcher.runner\nsubprocess\n.", "a reference to deepspeed.launcher.runner.subprocess"),  # imported, not defined there
+        (b"\x80\x02cdeepspeed.runtime.engine\nDeepSpeedEngine\n.", "a reference to deepspeed.runtime.engine.DeepSpeedEngine"),  # not a state class
+    ],
+)
+def test_deepspeed_states_holding_more_than_deepspeed_state_are_refused(tmp_path, tiny_model_dir, pickle_bytes, what):
+    folder = _checkpoint(tmp_path, tiny_model_dir)
+    states = _deepspeed_states(folder)
+    target = states / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    if pickle_bytes is None:
+        torch.save({"optimizer_state_dict": RunsCode(tmp_path / "code_ran")}, target)
+    else:
+        _raw_torch_file(target, pickle_bytes)
+    with pytest.raises(UserError) as err:
+        check_resume_fits(folder, str(tiny_model_dir))
+    assert str(err.value).startswith(f"cannot resume from {folder}: global_step3/{target.name} holds {what}, which"), str(err.value)
+    assert not (tmp_path / "code_ran").exists()
 
 
 @pytest.mark.parametrize("protocol", [2, 4])

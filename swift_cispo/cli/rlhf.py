@@ -204,8 +204,8 @@ def resume_point(train_args, model_args: ModelArguments):
     for folder, reason in skipped:
         logger.warning("not resuming from %s: %s", folder, reason)
     if checkpoint is not None:
-        m = model_args
-        check_resume_fits(checkpoint, m.model, m.trust_remote_code, m.train_type, m.lora_rank if m.train_type == "lora" else None)
+        lora_rank = model_args.lora_rank if model_args.train_type == "lora" else None
+        check_resume_fits(checkpoint, model_args.model, model_args.trust_remote_code, model_args.train_type, lora_rank)
     return checkpoint
 
 

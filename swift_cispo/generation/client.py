@@ -9,7 +9,7 @@ import requests
 import torch
 
 from ..errors import UserError
-from .auth import ApiKey, default_key_file, generated_key
+from .auth import ApiKey, generated_key
 from .wire import DEFAULT_BUCKET_BYTES, bucket_weights
 
 
@@ -32,7 +32,8 @@ def refusal(status: int, host: str, port: int, path: str, api_key: ApiKey | None
     where = f"the rollout server at {host}:{port}"
     if status == 401 and api_key is None:
         return (f"{where} requires an API key and none was given; pass the key `swift rollout` printed at start-up "
-                f"(it is also in {default_key_file(port)} on the server's machine) with {_KEY_FLAGS}")
+                f"(a server given no key also wrote it to ~/.cache/swift_cispo/rollout-{port}.key on its machine) "
+                f"with {_KEY_FLAGS}")
     if status == 401:
         return (f"{where} refused the API key from {api_key.source}; pass the key that server printed at start-up "
                 f"(or the file it wrote) with {_KEY_FLAGS}")
