@@ -149,6 +149,9 @@ def run(argv: list[str]) -> int:
     logger.info("serving %s on http://%s:%d (train with --use_vllm true --vllm_mode server --vllm_server_host %s "
                 "--vllm_server_port %d)", args.model, args.host, args.port, args.host, args.port)
     _log_key(key, generated_in)
+    if args.host in ("0.0.0.0", "::"):
+        logger.warning("listening on every interface without TLS: the key and the traffic cross the network in clear "
+                       "text, so keep this port on a private network (see docs/rollouts.md, Security)")
     uvicorn.run(build_app(engine, key.value), host=args.host, port=args.port, log_level="warning")
     return 0
 
