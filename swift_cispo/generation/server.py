@@ -10,6 +10,9 @@ Endpoints (JSON unless noted):
 - ``POST /weights/begin`` -> ``/weights/chunk`` (safetensors bytes, repeated) -> ``/weights/commit``: a weight update.
   The chunks are held until commit, then loaded into the engine in one call and the prefix cache is
   dropped, so no request ever sees half-updated weights or KV entries computed with old ones.
+- ``POST /weights/group/init`` (join a NCCL/gloo group on the given port, listening on the server's
+  own ``--host``) -> ``/weights/group/update`` (names, dtypes, shapes; then one broadcast per tensor)
+  -> ``/weights/group/finish``: the same update over the collective transport.
 - ``POST /reset_prefix_cache``.
 
 Requests are served one at a time (a lock around the engine): a trainer generates, then pushes, then
