@@ -139,6 +139,7 @@ def test_the_right_key_reads_generates_and_updates_weights_over_http(served):
     assert served.engine.weight_version == 5
     assert served.llm.reloads[-1].keys() == weights.keys()
     assert all(torch.equal(served.llm.reloads[-1][k], v) for k, v in weights.items())
+    client.reset_prefix_cache()  # raises on anything but 200
 
 
 def test_a_wrong_key_cannot_commit_a_session_the_trainer_opened(served):
