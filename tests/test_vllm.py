@@ -212,6 +212,37 @@ def test_async_lag1_rollouts_are_one_step_old_and_corrected(server, tmp_path):
     assert all(m["rollout_is/weight_mean"] != pytest.approx(1.0, abs=1e-3) for m in metrics[1:])
 
 
+@pytest.mark.slow
+def test_real_server_needs_its_key_and_binds_the_group_to_its_host(server, tmp_path):
+    import requests
+    from test_rollout_auth import _listening_addresses
+
+    from swift_cispo.generation import RolloutClient
+    from swift_cispo.generation.auth import ApiKey, default_key_file
+
+    url = f"http://127.0.0.1:{server.port}"
+    key = default_key_file(server.port).read_text().strip()  # generated at start: no --api_key was given
+    assert f"requests need this API key (also in {default_key_file(server.port)}" in server.log.read_text()
+    assert requests.get(url + "/health", timeout=10).status_code == 200
+    writes = ["/weights/begin", "/weights/chunk?session=0", "/weights/commit", "/weights/group/init",
+              "/weights/group/update", "/weights/group/finish", "/reset_prefix_cache", "/generate"]  # fmt: skip
+    for headers in ({}, {"Authorization": "Bearer " + key[:-1]}):
+        for path in writes:
+            assert requests.post(url + path, json={"session": 0}, headers=headers, timeout=10).status_code == 401, path
+        assert requests.get(url + "/info", headers=headers, timeout=10).status_code == 401
+    version = requests.get(url + "/info", headers={"Authorization": f"Bearer {key}"}, timeout=10).json()["weight_version"]
+    # a trainer with the wrong key: one sentence naming the flags, before any training
+    out = tmp_path / "wrong_key"
+    result = swift("rlhf", *_server_flags(server), "--max_steps", "1", "--vllm_server_api_key", "wrong", "--output_dir", out, cwd=tmp_path)
+    assert_clean_error(result, f"the rollout server at 127.0.0.1:{server.port} refused the API key from --vllm_server_api_key;")
+    assert not out.exists()
+    # the weight-transfer group listens on the server's --host (127.0.0.1), not on every interface
+    client = RolloutClient("127.0.0.1", server.port, timeout=60, api_key=ApiKey(key, "test"))
+    client.init_group("gloo", server.group_port)
+    assert _listening_addresses(server.group_port) == {"127.0.0.1"}
+    assert server.client.get_server_info()["weight_version"] == version  # nothing the refused requests sent was applied
+
+
 def test_server_not_up_is_waited_for_then_named(tmp_path):
     port = free_port()
     result = swift("rlhf", "--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_port", port,

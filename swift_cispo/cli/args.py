@@ -214,6 +214,8 @@ TRAINING_FLAGS = (
     "vllm_server_host",
     "vllm_server_port",
     "vllm_server_timeout",
+    "vllm_server_api_key",
+    "vllm_server_api_key_file",
     "vllm_weight_transport",
     "vllm_group_port",
     "async_generate",

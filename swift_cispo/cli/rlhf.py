@@ -73,7 +73,7 @@ def run(argv: list[str]) -> int:
             _, _, reward_funcs = prepare(model_args, data_args, rlhf_args, train_args, demo)
             config = build_config(train_args, Path(train_args.output_dir or "output"), len(reward_funcs), world_size=plan.world_size)
             check_reporting(config.report_to)
-        checkpoint = resume_point(train_args)  # resolved once ("latest"), so that every node resumes the same one
+        checkpoint = resume_point(train_args, model_args)  # resolved once ("latest"), so that every node resumes the same one
         output_dir = launcher_output_dir(train_args.output_dir, train_args.loss_type, plan, checkpoint)
         fixed = ["--output_dir", str(output_dir)]
         if checkpoint is not None:
@@ -81,7 +81,7 @@ def run(argv: list[str]) -> int:
         return launch(plan, "rlhf", [*argv, *fixed], str(output_dir))
 
     columns, peft_config, reward_funcs = prepare(model_args, data_args, rlhf_args, train_args, demo)
-    checkpoint = resume_point(train_args)
+    checkpoint = resume_point(train_args, model_args)
     output_dir = worker_output_dir(train_args.output_dir) or resolve_output_dir(train_args.output_dir, train_args.loss_type, checkpoint)
     train_args.resume_from_checkpoint = None if checkpoint is None else str(checkpoint)
     try:
@@ -113,13 +113,17 @@ def run(argv: list[str]) -> int:
     return _train(model, tokenizer, reward_funcs, config, dataset, output_dir, eval_dataset, peft_config)
 
 
-def resume_point(train_args):
-    """The complete checkpoint ``--resume_from_checkpoint`` names (or the newest one, for 'latest'), or None."""
-    from ..checkpoints import resolve_resume
+def resume_point(train_args, model_args: ModelArguments):
+    """The complete checkpoint ``--resume_from_checkpoint`` names (or the newest one, for 'latest'), or None;
+    one that does not fit ``--model`` (or holds files this tool does not write) is refused here, before any compute."""
+    from ..checkpoints import check_resume_fits, resolve_resume
 
     checkpoint, skipped = resolve_resume(train_args.resume_from_checkpoint, train_args.output_dir)
     for folder, reason in skipped:
         logger.warning("not resuming from %s: %s", folder, reason)
+    if checkpoint is not None:
+        lora_rank = model_args.lora_rank if model_args.train_type == "lora" else None
+        check_resume_fits(checkpoint, model_args.model, model_args.trust_remote_code, model_args.train_type, lora_rank)
     return checkpoint
 
 

@@ -22,11 +22,22 @@ class RolloutArguments:
     host: str = field(
         default="127.0.0.1",
         metadata={
-            "help": "Address to listen on. The default accepts only this machine; use 0.0.0.0 when the trainer "
-            "runs on another node (anyone who can reach the port can replace the weights)."
+            "help": "Address to listen on, for HTTP and for the weight-transfer group. The default accepts only this "
+            "machine; use 0.0.0.0 (all interfaces) or this node's address when the trainer runs on another node."
         },
     )
     port: int = field(default=8000, metadata={"help": "Port to listen on."})
+    api_key: str | None = field(
+        default=None,
+        metadata={
+            "help": "Secret every request but GET /health must carry (Authorization: Bearer <key>). Default: the "
+            "contents of --api_key_file, else $VLLM_API_KEY, else a random key written to "
+            "~/.cache/swift_cispo/rollout-<port>.key (mode 0600), where a trainer on this machine finds it."
+        },
+    )
+    api_key_file: str | None = field(
+        default=None, metadata={"help": "File holding the API key (keeps it out of the process list); see --api_key."}
+    )
     torch_dtype: str = torch_dtype_field(
         "Dtype vLLM runs in", "Match the trainer's, or the rollout correction has a precision gap to absorb."
     )
@@ -93,6 +104,9 @@ def run(argv: list[str]) -> int:
     check_model_source(args.model, args.trust_remote_code)
     if not _port_is_free(args.host, args.port):
         raise UserError(f"port {args.port} on {args.host} is already in use; pick another with --port")
+    from ..generation.auth import server_key
+
+    key, generated_in = server_key(args.api_key, args.api_key_file, args.port)  # before vLLM: a bad key file fails fast
     try:
         import uvicorn
         from vllm import LLM
@@ -127,8 +141,22 @@ def run(argv: list[str]) -> int:
     except (ValueError, RuntimeError, OSError) as err:
         reason = first_line(err)
         raise UserError(f"vLLM could not start {args.model}: {reason}") from None
-    engine = RolloutEngine(llm, args.model)
+    engine = RolloutEngine(llm, args.model, host=args.host)
     logger.info("serving %s on http://%s:%d (train with --use_vllm true --vllm_mode server --vllm_server_host %s "
                 "--vllm_server_port %d)", args.model, args.host, args.port, args.host, args.port)
-    uvicorn.run(build_app(engine), host=args.host, port=args.port, log_level="warning")
+    _log_key(key, generated_in)
+    if args.host in ("0.0.0.0", "::"):
+        logger.warning("listening on every interface without TLS: the key and the traffic cross the network in clear "
+                       "text, so keep this port on a private network (see docs/rollouts.md, Security)")
+    uvicorn.run(build_app(engine, key.value), host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _log_key(key, generated_in) -> None:
+    if generated_in is None:
+        logger.info("requests need the API key from %s", key.source)
+        return
+    # shown once, so that an operator can hand it to a trainer on another machine
+    logger.info("requests need this API key (also in %s, readable by you only): %s", generated_in, key.value)
+    logger.info("a trainer on this machine reads that file itself; elsewhere give it --vllm_server_api_key_file "
+                "or $VLLM_API_KEY")

@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from accelerate.utils import broadcast_object_list, gather_object
 from trl.generation.vllm_generation import VLLMGeneration, empty_cache
 
+from .auth import ApiKey
 from .client import RolloutClient, RolloutServerError
 
 logger = logging.getLogger("swift_cispo")
@@ -212,9 +213,16 @@ class ServerGeneration(VLLMGeneration):
     MAX_LAG = 1
 
     def __init__(
-        self, *args, current_step: Callable[[], int], async_generate: bool = False, weight_transport: str = "auto", **kwargs
+        self,
+        *args,
+        current_step: Callable[[], int],
+        async_generate: bool = False,
+        weight_transport: str = "auto",
+        api_key: ApiKey | None = None,
+        **kwargs,
     ):
         self._current_step = current_step
+        self.api_key = api_key  # None: the key a server on this machine generated (see generation.auth)
         self.async_generate = async_generate
         self.weight_transport = weight_transport
         self._weight_metadata = None
@@ -229,7 +237,7 @@ class ServerGeneration(VLLMGeneration):
         self.vllm_client = None
         error = None
         if self.accelerator.is_main_process:
-            client = RolloutClient(self.server_host, self.server_port, timeout=self.server_timeout)
+            client = RolloutClient(self.server_host, self.server_port, timeout=self.server_timeout, api_key=self.api_key)
             try:
                 info = client.wait_until_up()
                 logger.info(
@@ -240,17 +248,20 @@ class ServerGeneration(VLLMGeneration):
                     client.init_group(self.weight_transport, self.group_port, device=str(self.accelerator.device))
                 self.vllm_client = client
             except RolloutServerError as err:
-                error = str(err)
+                error = err
         self._raise_if_any(error)
         logger.info("weights reach the rollout server over %s", self.weight_transport)
 
-    def _raise_if_any(self, error: str | None) -> None:
-        """Raise the main process's server error on every process (the others would wait for it forever)."""
+    def _raise_if_any(self, error: RolloutServerError | None) -> None:
+        """Raise the main process's server error on every process (the others would wait for it forever).
+
+        The error itself travels (not its text), so a refusal stays a :class:`RolloutServerRefused`.
+        """
         holder = [error]
         if self.accelerator.num_processes > 1:
             broadcast_object_list(holder, from_process=0)
         if holder[0] is not None:
-            raise RolloutServerError(holder[0])
+            raise holder[0]
 
     # ------------------------------------------------------------------ weights
     def sync_weights(self):
@@ -271,7 +282,7 @@ class ServerGeneration(VLLMGeneration):
             try:
                 self.vllm_client.update_named_params(self._weight_metadata, iter_vllm_weights(self), version=step)
             except RolloutServerError as err:
-                error = str(err)
+                error = err
         else:
             for _ in iter_vllm_weights(self):  # take part in the gather collectives (ZeRO-3)
                 pass
@@ -349,12 +360,12 @@ class ServerGeneration(VLLMGeneration):
             try:
                 holder[0] = ("ok", fetch())
             except RolloutServerError as err:
-                holder[0] = ("error", str(err))
+                holder[0] = ("error", err)
         if self.accelerator.num_processes > 1:
             broadcast_object_list(holder, from_process=0)
         status, payload = holder[0]
         if status == "error":
-            raise RolloutServerError(payload)
+            raise payload
         return payload
 
     def _local_slice(self, payload: dict, local_count: int, num_generations: int) -> tuple:

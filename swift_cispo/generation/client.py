@@ -8,7 +8,8 @@ from collections.abc import Iterable
 import requests
 import torch
 
-from ..errors import ReportedError, first_line
+from ..errors import ReportedError, UserError, first_line
+from .auth import ApiKey, generated_key
 from .wire import DEFAULT_BUCKET_BYTES, bucket_weights
 
 
@@ -21,25 +22,70 @@ class RolloutServerError(ReportedError, RuntimeError):
     exit_code = 1
 
 
+class RolloutServerRefused(RolloutServerError, UserError):
+    """The server answered but refused: a missing or wrong API key (401), or not a rollout server at all (404).
+
+    The user's settings are wrong, not the environment: an error of the command line (exit 2).
+    """
+
+
+_KEY_FLAGS = "--vllm_server_api_key_file, --vllm_server_api_key or $VLLM_API_KEY"
+
+
+def refusal(status: int, host: str, port: int, path: str, api_key: ApiKey | None) -> str | None:
+    """The sentence for a 401 or 404 answer (what is wrong and what to do), or None for other statuses."""
+    where = f"the rollout server at {host}:{port}"
+    if status == 401 and api_key is None:
+        return (f"{where} requires an API key and none was given; pass the key `swift rollout` printed at start-up "
+                f"(a server given no key also wrote it to ~/.cache/swift_cispo/rollout-{port}.key on its machine) "
+                f"with {_KEY_FLAGS}")
+    if status == 401:
+        return (f"{where} refused the API key from {api_key.source}; pass the key that server printed at start-up "
+                f"(or the file it wrote) with {_KEY_FLAGS}")
+    if status == 404:
+        return (f"the service at {host}:{port} is not a `swift rollout` server (GET {path} answered HTTP 404); check "
+                f"--vllm_server_host and --vllm_server_port, or start one with `swift rollout --model <model> --port {port}`")
+    return None
+
+
 class RolloutClient:
     """Talks to ``swift rollout`` at ``http://host:port``.
 
     ``generate``, ``update_named_params``, ``reset_prefix_cache`` and ``get_server_info`` match the
     methods of TRL's ``VLLMClient`` that its GRPO trainer calls, so TRL's server-mode code runs unchanged
     on top of this client; the weights travel as safetensors over HTTP, which needs no CUDA.
+
+    Every request carries ``api_key``; without one, the key a server on this machine generated for
+    ``port`` is read once the server answers (see :mod:`.auth`).
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8000, timeout: float = 240.0, request_timeout: float = 3600.0):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        timeout: float = 240.0,
+        request_timeout: float = 3600.0,
+        api_key: ApiKey | None = None,
+    ):
         self.host, self.port = host, port
+        self.api_key = api_key
         self.group = None  # set by init_group: weights then travel over NCCL/gloo instead of HTTP
         self.group_device = "cpu"
         self.base_url = f"http://{host}:{port}"
         self.timeout = timeout
         self.request_timeout = request_timeout
         self.session = requests.Session()
+        self._use_key(api_key)
 
     # ------------------------------------------------------------------ plumbing
+    def _use_key(self, api_key: ApiKey | None) -> None:
+        self.api_key = api_key
+        if api_key is not None:
+            self.session.headers["Authorization"] = f"Bearer {api_key.value}"
+
     def _request(self, method: str, path: str, what: str, **kwargs):
+        if self.api_key is None:  # none given: the key a server on this machine wrote (read late: it may restart)
+            self._use_key(generated_key(self.port))
         try:
             response = self.session.request(method, self.base_url + path, timeout=self.request_timeout, **kwargs)
         except requests.RequestException as err:
@@ -47,6 +93,9 @@ class RolloutClient:
                 f"the rollout server at {self.host}:{self.port} stopped answering while {what} "
                 f"({type(err).__name__}); check that `swift rollout` is still running there"
             ) from None
+        refused = refusal(response.status_code, self.host, self.port, path.split("?")[0], self.api_key)
+        if refused:
+            raise RolloutServerRefused(refused)
         if response.status_code != 200:
             detail = response.text.strip().splitlines()[-1] if response.text.strip() else f"HTTP {response.status_code}"
             raise RolloutServerError(f"the rollout server at {self.host}:{self.port} failed while {what}: {detail}")
@@ -57,10 +106,13 @@ class RolloutClient:
         deadline = time.monotonic() + self.timeout
         while True:
             try:
-                if self.session.get(self.base_url + "/health", timeout=5).status_code == 200:
-                    return self.get_server_info()
+                status = self.session.get(self.base_url + "/health", timeout=5).status_code
             except requests.RequestException:
-                pass
+                status = None
+            if status == 200:
+                return self.get_server_info()
+            if status == 404:  # something else listens there: waiting would not help
+                raise RolloutServerRefused(refusal(404, self.host, self.port, "/health", self.api_key))
             if time.monotonic() >= deadline:
                 raise RolloutServerError(
                     f"no rollout server answered at {self.host}:{self.port} within {self.timeout:g} s; start one with "

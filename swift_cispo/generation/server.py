@@ -10,10 +10,16 @@ Endpoints (JSON unless noted):
 - ``POST /weights/begin`` -> ``/weights/chunk`` (safetensors bytes, repeated) -> ``/weights/commit``: a weight update.
   The chunks are held until commit, then loaded into the engine in one call and the prefix cache is
   dropped, so no request ever sees half-updated weights or KV entries computed with old ones.
+- ``POST /weights/group/init`` (join a NCCL/gloo group on the given port, listening on the server's
+  own ``--host``) -> ``/weights/group/update`` (names, dtypes, shapes; then one broadcast per tensor)
+  -> ``/weights/group/finish``: the same update over the collective transport.
 - ``POST /reset_prefix_cache``.
 
 Requests are served one at a time (a lock around the engine): a trainer generates, then pushes, then
 generates again; with async lag-1 it pushes *before* it asks for the next rollout, never during one.
+
+Every endpoint but ``/health`` answers 401 unless the request carries the server's API key
+(:mod:`.auth`): one who can reach the port cannot read from or write to the model without it.
 """
 
 
@@ -28,9 +34,10 @@ logger = logging.getLogger("swift_cispo")
 class RolloutEngine:
     """A ``vllm.LLM`` plus the bookkeeping of weight updates; everything here is called under one lock."""
 
-    def __init__(self, llm, model: str):
+    def __init__(self, llm, model: str, host: str = "127.0.0.1"):
         self.llm = llm
         self.model = model
+        self.host = host  # the address the server listens on: the weight-transfer group listens there too
         self.lock = threading.Lock()
         self.weight_version = -1
         self._pending: dict[int, list] = {}
@@ -116,7 +123,7 @@ class RolloutEngine:
 
         def join():
             try:
-                self.group = open_group("0.0.0.0", port, SERVER_RANK, backend)
+                self.group = open_group(self.host, port, SERVER_RANK, backend)
                 self.group_device = "cuda" if backend == "nccl" else "cpu"
             except Exception as err:  # reported by the next update request
                 self._update_error = f"joining the weight-transfer group on port {port} failed: {err}"
@@ -164,13 +171,19 @@ class RolloutEngine:
         return len(weights)
 
 
-def build_app(engine: RolloutEngine):
+def build_app(engine: RolloutEngine, api_key: str):
+    """The HTTP API over ``engine``; every path but ``/health`` needs ``api_key`` (see :mod:`.auth`)."""
     # (no `from __future__ import annotations` in this module: FastAPI reads the handlers' annotations)
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
 
-    app = FastAPI(title="swift rollout")
+    from .auth import RequireApiKey
+
+    if not api_key:
+        raise ValueError("build_app needs a non-empty API key")
+    app = FastAPI(title="swift rollout", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(RequireApiKey, key=api_key)
 
     @app.get("/health")
     def health():

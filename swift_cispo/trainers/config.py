@@ -6,6 +6,7 @@ import contextlib
 import copy
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from trl import GRPOConfig as TRLGRPOConfig
 
@@ -172,6 +173,18 @@ class GRPOConfig(TRLGRPOConfig):
             "help": "Server mode: seconds to wait for the server to answer at start-up before stopping with an error."
         },
     )
+    vllm_server_api_key: str | None = field(
+        default=None,
+        metadata={
+            "help": "Server mode: the API key of the `swift rollout` server. Default: the contents of "
+            "--vllm_server_api_key_file, else $VLLM_API_KEY, else the key a server on this machine generated "
+            "(~/.cache/swift_cispo/rollout-<port>.key). Prefer the file or the variable: a flag's value shows in the "
+            "process list."
+        },
+    )
+    vllm_server_api_key_file: str | None = field(
+        default=None, metadata={"help": "Server mode: file holding the rollout server's API key; see --vllm_server_api_key."}
+    )
     vllm_gpu_memory_utilization: float = field(
         default=0.3,
         metadata={
@@ -307,6 +320,29 @@ class GRPOConfig(TRLGRPOConfig):
         logger.info("%s (TRL's names) mapped onto rollout_importance_sampling_mode=%s, threshold=%s", ", ".join(given), wanted_mode, wanted_threshold)
         self.rollout_importance_sampling_mode, self.rollout_importance_sampling_threshold = wanted_mode, wanted_threshold
 
+    # The rollout server's key stays out of what is logged (report_to's config) and saved (training_args.bin),
+    # as transformers does for its *_token fields.
+    _SECRET = "vllm_server_api_key"
+
+    def to_dict(self):
+        values = super().to_dict()
+        if values.get(self._SECRET):
+            values[self._SECRET] = "<VLLM_SERVER_API_KEY>"
+        return values
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if state.get(self._SECRET):
+            state[self._SECRET] = None
+        return state
+
+    def __deepcopy__(self, memo):  # a copy in memory keeps the key (only pickling drops it)
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
+
+
     def _check_vllm_options(self) -> None:
         import torch
 
@@ -346,6 +382,10 @@ class GRPOConfig(TRLGRPOConfig):
             raise ValueError("vllm_weight_transport nccl needs the trainer on a CUDA GPU; use gloo or http on CPU")
         if self.vllm_server_timeout <= 0:
             raise ValueError(f"vllm_server_timeout must be > 0 seconds; got {self.vllm_server_timeout}")
+        if self.vllm_server_api_key_file is not None:  # read now, so a bad file fails before the model loads
+            from ..generation.auth import read_key_file
+
+            read_key_file(Path(self.vllm_server_api_key_file), "--vllm_server_api_key_file")
 
     def _check_loss_options(self) -> None:
         """Validate the loss options (their rules live in swift_cispo.losses) and keep the resolved epsilon_high for TRL."""

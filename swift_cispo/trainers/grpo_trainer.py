@@ -91,6 +91,7 @@ class GRPOTrainer(TRLGRPOTrainer):
     # ------------------------------------------------------------------ rollouts
     def _build_rollout_backend(self):
         from ..generation.backends import ColocateGeneration, ServerGeneration, trl_backend_kwargs
+        from ..generation.auth import given_trainer_key
 
         def current_step() -> int:
             return self.state.global_step
@@ -106,6 +107,7 @@ class GRPOTrainer(TRLGRPOTrainer):
             current_step=current_step,
             async_generate=self.args.async_generate,
             weight_transport=transport,
+            api_key=given_trainer_key(self.args.vllm_server_api_key, self.args.vllm_server_api_key_file),
             **trl_backend_kwargs(self),
         )
 
