@@ -280,7 +280,16 @@ def training_arguments_class() -> type:
 
 # Flags of ms-swift / TRL that users will try and that belong to features not built yet:
 # rejected with a sentence saying so rather than reported as unknown, or silently ignored.
-NOT_YET_SUPPORTED: dict[str, str] = {}
+NOT_YET_SUPPORTED: dict[str, str] = {
+    # Plugin files register schedulers, reward-model plugins and environments already (their registries
+    # are swift_cispo.rollout.multi_turns, swift_cispo.rewards.rm_plugins, swift_cispo.rollout.envs).
+    "multi_turn_scheduler": "multi-turn rollouts",
+    "max_turns": "multi-turn rollouts",
+    "reward_model": "reward models from the command line",
+    "reward_model_plugin": "reward models from the command line",
+    "use_gym_env": "gym-environment rollouts",
+    "gym_env": "gym-environment rollouts",
+}
 
 #: ms-swift spells some flags two ways; the second name maps to the first.
 ALIASES = {"tuner_type": "train_type", "vllm_max_model_len": "vllm_max_model_length"}
