@@ -88,7 +88,8 @@ def test_countdown_reward_of_plugin_py():
 
 def test_r1v_accuracy_and_code_format_rewards_of_plugin_py():
     accuracy = ms_swift_reward("external_r1v_acc")
-    assert accuracy(prompts=["q"] * 3, completions=["<answer>42</answer>", "<answer>41</answer>", "42"], solution=["<answer>42</answer>"] * 3) == [1.0, 0.0, 1.0]
+    completions = ["<answer>42</answer>", "<answer>41</answer>", "42"]
+    assert accuracy(prompts=["q"] * 3, completions=completions, solution=["<answer>42</answer>"] * 3) == [1.0, 0.0, 1.0]
     code_format = reward_function("external_code_format", {})
     good = "<think>plan</think>\n<answer>```python\nprint(1)\n```</answer>"
     assert code_format(prompts=["q"] * 2, completions=[good, "print(1)"], verification_info=[{"language": "python"}] * 2) == [1.0, 0.0]
@@ -245,6 +246,19 @@ def test_a_plugin_may_catch_the_import_error(tmp_path):
     )
     load_plugin(str(plugin))
     assert orms["empty"].__name__ == "Empty"
+
+
+def test_every_import_form_reaches_the_same_registry(tmp_path):
+    plugin = tmp_path / "forms.py"
+    plugin.write_text(
+        "import swift\nimport swift.rewards.orm as orm_module\nfrom swift import plugin\nfrom swift.rewards import orms\n"
+        "from swift_cispo.rewards import orms as cispo_orms\n"
+        "assert swift.rewards.orm.orms is orm_module.orms is plugin.orms is orms is cispo_orms\n"
+        "orms['forms'] = swift.plugin.ORM\n"
+    )
+    load_plugin(str(plugin))
+    assert orms["forms"].inputs_convention == "ms_swift"
+    assert swift_modules() == []
 
 
 def test_a_real_ms_swift_is_not_shadowed(tmp_path, monkeypatch):

@@ -57,7 +57,8 @@ class GenRMPlugin(DefaultRMPlugin):
         prepared = []
         for row in inputs:
             row = deepcopy(row)
-            row["messages"] = [{"role": "system", "content": self.system}, {"role": "user", "content": self.messages_to_query(row["messages"])}]
+            query = self.messages_to_query(row["messages"])
+            row["messages"] = [{"role": "system", "content": self.system}, {"role": "user", "content": query}]
             prepared.append(row)
         return prepared
 
@@ -90,7 +91,8 @@ def rm_plugin_class(name: str) -> type:
     """The plugin ``--reward_model_plugin NAME`` names; reward models from the command line are not built yet,
     so this ends in that sentence."""
     if name not in rm_plugins:
-        raise UserError(f"unknown reward-model plugin '{name}'; registered: {', '.join(sorted(rm_plugins))} (plugin files add more)")
+        registered = ", ".join(sorted(rm_plugins))
+        raise UserError(f"unknown reward-model plugin '{name}'; registered: {registered} (plugin files add more)")
     raise UserError(
         f"reward-model plugin '{name}' is registered, but reward models from the command line (--reward_model, "
         "--reward_model_plugin) are not built yet in swift-cispo; score with --reward_funcs"

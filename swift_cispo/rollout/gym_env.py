@@ -56,5 +56,9 @@ context_managers: Dict[str, type] = {"dummyContextManager": DummyContextManager}
 def env_class(name: str) -> type:
     """The environment ``--gym_env NAME`` names; training with one is not built yet, so this ends in that sentence."""
     if name not in envs:
-        raise UserError(f"unknown gym environment '{name}'; registered: {', '.join(sorted(envs)) or 'none'} (plugin files add more)")
-    raise UserError(f"gym environment '{name}' is registered, but gym rollouts (--use_gym_env) are not built yet in swift-cispo; train without --use_gym_env")
+        registered = ", ".join(sorted(envs)) or "none"
+        raise UserError(f"unknown gym environment '{name}'; registered: {registered} (plugin files add more)")
+    raise UserError(
+        f"gym environment '{name}' is registered, but gym rollouts (--use_gym_env) are not built yet in swift-cispo; "
+        "train without --use_gym_env"
+    )

@@ -42,11 +42,15 @@ class RolloutScheduler(ABC):
     async def on_trajectory_start(self, requests: List[RolloutInferRequest]) -> None:
         """Before the first turn: set up per-trajectory state (an environment's reset), editing ``requests`` in place."""
 
-    async def on_turn_end(self, infer_request: RolloutInferRequest, response_choice: ChatCompletionResponseChoice, current_turn: int) -> Dict[str, Any]:
+    async def on_turn_end(
+        self, infer_request: RolloutInferRequest, response_choice: ChatCompletionResponseChoice, current_turn: int
+    ) -> Dict[str, Any]:
         """After a turn's message is appended: may return ``done`` (overrides check_finished) and ``rollout_infos``."""
         return {}
 
-    async def async_infer(self, infer_requests: list, request_config: RequestConfig, *, use_tqdm: Optional[bool] = None, **kwargs) -> List[RolloutOutput]:
+    async def async_infer(
+        self, infer_requests: list, request_config: RequestConfig, *, use_tqdm: Optional[bool] = None, **kwargs
+    ) -> List[RolloutOutput]:
         """Run every request's trajectory concurrently; a ``run`` that returns several outputs is flattened."""
         if request_config.n != 1:
             raise ValueError("a rollout scheduler generates one response per request (request_config.n must be 1)")
@@ -80,7 +84,9 @@ class RolloutScheduler(ABC):
 class MultiTurnScheduler(RolloutScheduler, ABC):
     """Several turns per trajectory: implement ``step`` (and optionally ``check_finished``), or override ``run``."""
 
-    async def run(self, infer_request: RolloutInferRequest, request_config: RequestConfig, **kwargs) -> Union[RolloutOutput, List[RolloutOutput]]:
+    async def run(
+        self, infer_request: RolloutInferRequest, request_config: RequestConfig, **kwargs
+    ) -> Union[RolloutOutput, List[RolloutOutput]]:
         request = infer_request
         await self.on_trajectory_start([request])
         turn, infos = 1, {}
@@ -123,8 +129,11 @@ class MultiTurnScheduler(RolloutScheduler, ABC):
             if "response_token_ids" in result:
                 _extend_or_append(token_ids, result["response_token_ids"], continuing)
             if "response_loss_mask" in result:
-                if "response_token_ids" not in result or len(result["response_loss_mask"]) != len(result["response_token_ids"]):
-                    raise ValueError(f"{type(self).__name__}.step returned a response_loss_mask without response_token_ids of the same length")
+                ids = result.get("response_token_ids")
+                if ids is None or len(result["response_loss_mask"]) != len(ids):
+                    raise ValueError(
+                        f"{type(self).__name__}.step returned a response_loss_mask without response_token_ids of the same length"
+                    )
                 _extend_or_append(loss_mask, result["response_loss_mask"], continuing)
             infos.update(result.get("rollout_infos") or {})
             turn_logprobs = result.get("rollout_logprobs") or self._extract_logprobs_from_choice(choice)
@@ -132,12 +141,14 @@ class MultiTurnScheduler(RolloutScheduler, ABC):
                 _extend_or_append(logprobs, turn_logprobs, continuing)
             turn += 1
 
-    def step(self, infer_request: RolloutInferRequest, response_choice: ChatCompletionResponseChoice, current_turn: int) -> Dict:
+    def step(self, infer_request: RolloutInferRequest, response_choice: ChatCompletionResponseChoice, current_turn: int) -> dict:
         """The next turn's request, as ``{'infer_request': ..., optional 'response_token_ids', 'response_loss_mask',
         'rollout_logprobs', 'rollout_infos'}``."""
         raise NotImplementedError(f"{type(self).__name__} must implement step() or override run()")
 
-    def check_finished(self, infer_request: RolloutInferRequest, response_choice: ChatCompletionResponseChoice, current_turn: int) -> bool:
+    def check_finished(
+        self, infer_request: RolloutInferRequest, response_choice: ChatCompletionResponseChoice, current_turn: int
+    ) -> bool:
         if response_choice.finish_reason == "length":
             return True
         return bool(self.max_turns and current_turn >= self.max_turns)
@@ -256,7 +267,9 @@ class OpenEnvScheduler(GYMScheduler):
     action dict) and ``format_observation`` (observation -> text)."""
 
     def _create_env(self, env_config: Dict):
-        raise UserError("OpenEnv environments (OpenEnvScheduler) are not built yet in swift-cispo; this scheduler can be registered but not run")
+        raise UserError(
+            "OpenEnv environments (OpenEnvScheduler) are not built yet in swift-cispo; this scheduler can be registered but not run"
+        )
 
     def parse_action(self, text: str) -> Dict[str, Any]:
         """The reply as JSON if it is a JSON object (a ``` fence around it is dropped), else ``{'message': text}``."""
@@ -284,7 +297,8 @@ multi_turns: Dict[str, type] = {"gym_scheduler": GYMScheduler, "openenv_schedule
 def scheduler_class(name: str) -> type:
     """The scheduler ``--multi_turn_scheduler NAME`` names; training with one is not built yet, so this ends in that sentence."""
     if name not in multi_turns:
-        raise UserError(f"unknown multi-turn scheduler '{name}'; registered: {', '.join(sorted(multi_turns))} (plugin files add more)")
+        registered = ", ".join(sorted(multi_turns))
+        raise UserError(f"unknown multi-turn scheduler '{name}'; registered: {registered} (plugin files add more)")
     raise UserError(
         f"multi-turn scheduler '{name}' is registered, but multi-turn rollouts (--multi_turn_scheduler) are not built yet "
         "in swift-cispo; train without --multi_turn_scheduler"
