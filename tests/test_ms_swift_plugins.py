@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -67,6 +68,7 @@ def test_ms_swift_example_plugin_registers_its_names_and_leaves_no_swift_module(
     assert {name: names for name, names in gained.items() if names} == EXPECTED[plugin]
     assert swift_modules() == []
     assert sys.path == path_before
+    assert "tree_rollout" not in sys.modules  # treepo's sibling module lives under a swift_cispo_plugin_ name
 
 
 def ms_swift_reward(name: str, plugin: str = "plugin.py", **options):
@@ -118,6 +120,20 @@ def test_gsm8k_rewards():
     assert accuracy(prompts=["q"] * 3, completions=completions, solution=["... #### 72", "#### 1000", "#### 72"]) == [1.0, 1.0, 0.0]
     fmt = reward_function("gsm8k_format", {})
     assert fmt(prompts=["q"] * 2, completions=chat("\\boxed{3}", "three"), solution=["3"] * 2) == [1.0, 0.0]
+
+
+def test_async_ms_swift_orm_is_awaited_with_completion_texts(tmp_path):
+    plugin = tmp_path / "async_length.py"
+    plugin.write_text(
+        "import asyncio\nfrom swift.rewards import AsyncORM, orms\n\nclass Length(AsyncORM):\n"
+        "    async def __call__(self, completions, messages, **kwargs):\n        await asyncio.sleep(0)\n"
+        "        return [float(len(c) + len(m)) for c, m in zip(completions, messages)]\n\norms['async_length'] = Length\n"
+    )
+    load_plugin(str(plugin))
+    reward = reward_function("async_length", {})
+    assert inspect.iscoroutinefunction(reward)
+    prompts = [[{"role": "user", "content": "q"}], [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]]
+    assert asyncio.run(reward(prompts=prompts, completions=chat("abc", "de"))) == [3.0 + 2, 2.0 + 3]
 
 
 def test_import_inside_a_constructor_works_after_loading():
