@@ -248,8 +248,20 @@ def test_ms_swift_names_without_a_meaning_here_end_in_one_sentence(tmp_path):
     )
     missing_module = tmp_path / "missing_module.py"
     missing_module.write_text("from swift.megatron import MegatronArguments\n")
-    with pytest.raises(UserError, match=r"^plugin file missing_module.py line 1 imports swift.megatron, an ms-swift module that swift-cispo does not provide"):
+    with pytest.raises(UserError) as err:
         load_plugin(str(missing_module))
+    assert str(err.value) == (
+        "plugin file missing_module.py line 1 imports swift.megatron, an ms-swift module that swift-cispo does not "
+        "provide to plugin files: Megatron training is not part of swift-cispo"
+    )
+    other_module = tmp_path / "other_module.py"
+    other_module.write_text("import swift.ui\n")
+    with pytest.raises(UserError, match=r"^plugin file other_module.py line 1 imports swift.ui, .* \(provided: swift.infer_engine, "):
+        load_plugin(str(other_module))
+    registry_name = tmp_path / "registry_name.py"
+    registry_name.write_text("from swift.llm import get_template\n")
+    with pytest.raises(UserError, match=r"^plugin file registry_name.py line 1 imports get_template from swift.llm, .*: ms-swift's template registry"):
+        load_plugin(str(registry_name))
     assert swift_modules() == []
 
 

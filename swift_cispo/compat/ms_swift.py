@@ -92,6 +92,27 @@ MODELSCOPE_MODULES: dict[str, dict] = {
 }
 
 
+_MODELS = "ms-swift's model registry; swift-cispo loads --model with transformers"
+_TEMPLATES = "ms-swift's template registry; swift-cispo formats prompts with the model's chat template"
+_DATASETS = "ms-swift's dataset registry; swift-cispo reads --dataset files and folders as they are"
+_ENGINES = "ms-swift's inference engines; swift-cispo generates with TRL (HF generate or vLLM)"
+#: Why well-known ms-swift names and modules have no counterpart for plugin files (the sentence says so).
+WHY: dict[str, str] = {
+    **dict.fromkeys(("get_model_tokenizer", "get_model_processor", "register_model", "ModelMeta", "ModelGroup"), _MODELS),
+    **dict.fromkeys(("get_template", "register_template", "TemplateMeta", "StdTemplateInputs"), _TEMPLATES),
+    **dict.fromkeys(("load_dataset", "register_dataset", "DatasetMeta", "RowPreprocessor", "ResponsePreprocessor"), _DATASETS),
+    **dict.fromkeys(("VllmEngine", "GRPOVllmEngine", "InferEngine", "LmdeployEngine", "SglangEngine"), _ENGINES),
+    **dict.fromkeys(("prms", "PRM"), "process reward models are not built in swift-cispo"),
+    **dict.fromkeys(("loss_mapping", "get_loss_func"), "register a loss with swift_cispo.register_loss (docs/losses.md)"),
+    "swift.megatron": "Megatron training is not part of swift-cispo",
+    "swift.model": _MODELS,
+    "swift.dataset": _DATASETS,
+    "swift.loss": "register a loss with swift_cispo.register_loss (docs/losses.md)",
+    "swift.trainers": "ms-swift's trainers; swift-cispo's trainer is swift_cispo.GRPOTrainer",
+    "swift.rlhf_trainers": "ms-swift's trainers; swift-cispo's trainer is swift_cispo.GRPOTrainer",
+}
+
+
 class PluginImportError(UserError, ImportError):
     """An ms-swift name swift-cispo does not provide: a user error, and an ImportError a plugin may catch."""
 
@@ -118,9 +139,10 @@ class _Module(types.ModuleType):
             return self._importer.module(full)
         if attr not in self._table:
             offered = ", ".join(sorted(self._table)) or "only its submodules"
+            why = f": {WHY[attr]}" if attr in WHY else f" ({self.__name__} here has: {offered})"
             raise PluginImportError(
                 f"plugin file {_caller()} imports {attr} from {self.__name__}, which swift-cispo does not provide to "
-                f"ms-swift plugin files ({self.__name__} here has: {offered})"
+                f"ms-swift plugin files{why}"
             )
         target = self._table[attr]
         if isinstance(target, tuple):
@@ -153,10 +175,12 @@ class PluginImporter:
         top = name.partition(".")[0]
         if level == 0 and top in ("swift", "modelscope") and top in self.modules:
             if name not in self.modules:
+                reason = next((WHY[m] for m in WHY if name == m or name.startswith(m + ".")), None)
                 provided = ", ".join(sorted(m for m in self.modules if m.startswith(top + ".")))
+                why = f": {reason}" if reason else f" (provided: {provided})"
                 raise PluginImportError(
                     f"plugin file {_caller()} imports {name}, an ms-swift module that swift-cispo does not provide to "
-                    f"plugin files (provided: {provided})"
+                    f"plugin files{why}"
                 )
             return self.module(name) if fromlist else self.module(top)
         if level == 0 and name == top and (self.folder / f"{name}.py").is_file():
