@@ -59,7 +59,8 @@ _NO_ENGINE = "ms-swift's inference engines; generation inside a plugin (a genera
 #: importable (ms-swift's examples import it for type hints) but ends in a sentence when used.
 MODULES: dict[str, dict] = {
     "swift": {},
-    # ms-swift 4.x
+    # ms-swift 4.x. Its treepo example imports MultiTurnScheduler from swift.rewards, which ms-swift's own
+    # swift.rewards lacks (that import fails there); it is given here so that the example loads.
     "swift.rewards": {**_ORMS, **_RM, "MultiTurnScheduler": _TURNS["MultiTurnScheduler"], "multi_turns": _TURNS["multi_turns"]},
     "swift.rewards.orm": {**_ORMS, **_MATH},
     "swift.rewards.rm_plugin": _RM,
