@@ -117,7 +117,8 @@ class RLHFArguments:
         default=None,
         metadata={
             "help": "Python files run before training, to register rewards in swift_cispo.rewards.orms or losses "
-            "with swift_cispo.register_loss. Code runs only from files named here."
+            "with swift_cispo.register_loss; ms-swift plugin files (from swift.rewards import ORM, orms) run unchanged. "
+            "Code runs only from files named here."
         },
     )
     # Options of the built-in rewards. Each is the constructor parameter of the same name (see

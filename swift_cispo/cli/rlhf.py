@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 from pathlib import Path
@@ -203,6 +204,8 @@ def reward_options(rlhf_args: RLHFArguments, train_args) -> dict:
     options["max_completion_length"] = train_args.max_completion_length
     options["cosine_max_len"] = rlhf_args.cosine_max_len or train_args.max_completion_length
     options["soft_max_length"] = rlhf_args.soft_max_length or train_args.max_completion_length
+    # ms-swift builds its ORMs as cls(args=<training arguments>): an `args` parameter gets every flag.
+    options["args"] = argparse.Namespace(**{**dataclasses.asdict(train_args), **options})
     return options
 
 

@@ -17,7 +17,8 @@ judge, say): the async rewards of a batch run concurrently. Register one by putt
 
 The command line builds each ORM once. A constructor parameter named like a ``swift rlhf`` reward
 flag (``format_pattern``, ``cosine_max_len``, ...) or ``max_completion_length`` receives that
-flag's value; other parameters keep their defaults.
+flag's value; other parameters keep their defaults. A parameter named ``args`` receives every flag
+as attributes (``args.num_generations``), as ms-swift hands its ORMs their training arguments.
 
 Plain functions with TRL's reward signature can also be passed to the trainer from Python.
 """
@@ -29,9 +30,10 @@ import inspect
 from typing import Callable
 
 from ..errors import UserError
-from .base import ORM, completion_text
+from .base import ORM, completion_text, ms_swift_inputs
 from .builtin import Accuracy, Cosine, ExactMatch, Format, Repetition, SoftOverlong
-from .wrapper import wrap
+from .rm_plugin import rm_plugins
+from .wrapper import _is_async, wrap
 
 #: Name -> ORM class. ``--reward_funcs NAME`` instantiates ``orms[NAME](**matching flag values)``.
 orms: dict[str, type] = {
@@ -58,7 +60,34 @@ def build_orm(name: str, options: dict | None = None):
     except (TypeError, ValueError):  # a class whose signature cannot be read: built without arguments
         parameters = {}
     given = {key: value for key, value in (options or {}).items() if key in parameters and value is not None}
-    return entry(**given)
+    try:
+        return entry(**given)
+    except UserError:
+        raise
+    except Exception as err:  # a missing argument, or a constructor that checks its environment (an API key, a package)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise UserError(
+            f"reward function '{name}' could not be built: {type(err).__name__}{': ' + reason if reason else ''}"
+        ) from None
+
+
+def _convention(orm):
+    """``orm`` as the wrapper calls it: unchanged, or given ms-swift's inputs when it expects them."""
+    if getattr(orm, "inputs_convention", "trl") != "ms_swift":
+        return orm
+    if _is_async(orm):
+
+        async def call(completions, prompts=None, **kwargs):
+            texts, kwargs = ms_swift_inputs(completions, prompts, kwargs)
+            return await orm(texts, prompts=prompts, **kwargs)
+
+    else:
+
+        def call(completions, prompts=None, **kwargs):
+            texts, kwargs = ms_swift_inputs(completions, prompts, kwargs)
+            return orm(texts, prompts=prompts, **kwargs)
+
+    return call
 
 
 def reward_function(name: str, options: dict | None = None) -> Callable:
@@ -67,7 +96,7 @@ def reward_function(name: str, options: dict | None = None) -> Callable:
     ``options`` (flag name -> value) fill the ORM's constructor parameters of the same names. The
     wrapper is ``async`` when the ORM is, so that TRL runs it concurrently with the other async rewards.
     """
-    return wrap(name, build_orm(name, options))
+    return wrap(name, _convention(build_orm(name, options)))
 
 
 __all__ = [
@@ -82,4 +111,5 @@ __all__ = [
     "completion_text",
     "orms",
     "reward_function",
+    "rm_plugins",
 ]

@@ -1,0 +1,40 @@
+"""Rollout schedulers (single- and multi-turn), gym environments and the records they exchange.
+
+The interfaces and registries are ms-swift's, so plugin files written for ms-swift register here
+unchanged; training with them from the command line is not built yet (see :mod:`.multi_turn`).
+"""
+
+from .gym_env import ContextManager, Env, context_managers, envs
+from .multi_turn import GYMScheduler, MultiTurnScheduler, OpenEnvScheduler, RolloutScheduler, multi_turns
+from .protocol import (
+    ChatCompletionResponse,
+    ChatCompletionResponseChoice,
+    ChatMessage,
+    InferRequest,
+    Messages,
+    RequestConfig,
+    RolloutInferRequest,
+    RolloutOutput,
+    UsageInfo,
+)
+
+__all__ = [
+    "ChatCompletionResponse",
+    "ChatCompletionResponseChoice",
+    "ChatMessage",
+    "ContextManager",
+    "Env",
+    "GYMScheduler",
+    "InferRequest",
+    "Messages",
+    "MultiTurnScheduler",
+    "OpenEnvScheduler",
+    "RequestConfig",
+    "RolloutInferRequest",
+    "RolloutOutput",
+    "RolloutScheduler",
+    "UsageInfo",
+    "context_managers",
+    "envs",
+    "multi_turns",
+]

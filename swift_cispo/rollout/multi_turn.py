@@ -1,0 +1,305 @@
+"""Multi-turn rollout schedulers: ms-swift's scheduler API and the ``multi_turns`` registry.
+
+A scheduler turns one prompt into one trajectory of several model turns, with environment or tool
+text in between. Its API is ms-swift's (``swift/rollout/multi_turn.py``), so that a scheduler written
+for ms-swift registers and runs unchanged:
+
+- ``step(infer_request, response_choice, current_turn) -> dict``: build the next turn's request; may
+  return ``response_token_ids`` with a ``response_loss_mask`` (0 marks environment/tool tokens, kept out
+  of the loss), ``rollout_logprobs`` and ``rollout_infos``;
+- ``check_finished(infer_request, response_choice, current_turn) -> bool``: stop here? (default: the
+  turn was cut at the length limit, or ``max_turns`` is reached);
+- ``async run(infer_request, request_config) -> RolloutOutput``: the whole loop, for schedulers that
+  need full control; the default drives ``step``/``check_finished`` with the hooks
+  ``on_trajectory_start`` and ``on_turn_end``.
+
+The engine a scheduler calls is anything with ``async infer_async(request, request_config) ->
+ChatCompletionResponse``. Training with a scheduler (``--multi_turn_scheduler``) is not built yet:
+registering one works, naming one on the command line ends in :func:`scheduler_class`'s sentence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from abc import ABC
+from copy import deepcopy
+from typing import Any, Dict, List, Optional, Union
+
+from ..errors import UserError
+from .gym_env import envs
+from .protocol import ChatCompletionResponseChoice, RequestConfig, RolloutInferRequest, RolloutOutput, remove_response
+
+
+class RolloutScheduler(ABC):
+    """One generation per request (a single turn); the base of every scheduler."""
+
+    def __init__(self, infer_engine=None, max_turns: Optional[int] = None, *args, **kwargs):
+        self.infer_engine = infer_engine
+        self._tokenizer = kwargs.get("tokenizer")
+        self.max_turns = max_turns
+
+    async def on_trajectory_start(self, requests: List[RolloutInferRequest]) -> None:
+        """Before the first turn: set up per-trajectory state (an environment's reset), editing ``requests`` in place."""
+
+    async def on_turn_end(
+        self, infer_request: RolloutInferRequest, response_choice: ChatCompletionResponseChoice, current_turn: int
+    ) -> Dict[str, Any]:
+        """After a turn's message is appended: may return ``done`` (overrides check_finished) and ``rollout_infos``."""
+        return {}
+
+    async def async_infer(
+        self, infer_requests: list, request_config: RequestConfig, *, use_tqdm: Optional[bool] = None, **kwargs
+    ) -> List[RolloutOutput]:
+        """Run every request's trajectory concurrently; a ``run`` that returns several outputs is flattened."""
+        if request_config.n != 1:
+            raise ValueError("a rollout scheduler generates one response per request (request_config.n must be 1)")
+        requests = [r if isinstance(r, RolloutInferRequest) else RolloutInferRequest(**r) for r in infer_requests]
+        results = await asyncio.gather(*(self.run(request, request_config, **kwargs) for request in requests))
+        return [output for result in results for output in (result if isinstance(result, list) else [result])]
+
+    async def run(self, infer_request: RolloutInferRequest, request_config: RequestConfig, **kwargs) -> RolloutOutput:
+        response = await self.infer_engine.infer_async(infer_request, request_config, **kwargs)
+        token_ids = list(response.choices[0].token_ids or [])
+        return RolloutOutput(
+            response=response,
+            messages=infer_request.messages,
+            response_token_ids=[token_ids],
+            response_loss_mask=[[1] * len(token_ids)],
+            rollout_infos={"num_turns": 1},
+        )
+
+    @property
+    def engine(self):
+        return self.infer_engine
+
+    @property
+    def tokenizer(self):
+        """The tokenizer given to the constructor, else the engine's."""
+        if self._tokenizer is not None:
+            return self._tokenizer
+        return getattr(self.infer_engine, "tokenizer", None)
+
+
+class MultiTurnScheduler(RolloutScheduler, ABC):
+    """Several turns per trajectory: implement ``step`` (and optionally ``check_finished``), or override ``run``."""
+
+    async def run(
+        self, infer_request: RolloutInferRequest, request_config: RequestConfig, **kwargs
+    ) -> Union[RolloutOutput, List[RolloutOutput]]:
+        request = infer_request
+        await self.on_trajectory_start([request])
+        turn, infos = 1, {}
+        token_ids: List[List[int]] = []  # per turn; a turn that continues the assistant message extends the last one
+        loss_mask: List[List[int]] = []
+        logprobs: List[List[float]] = []
+        while True:
+            messages = request.messages
+            if turn == 1:
+                remove_response(messages)  # a dataset row may carry a reference answer as its last message
+            response = await self.infer_engine.infer_async(request, request_config, **kwargs)
+            choice = response.choices[0]
+            if turn > 1 and not messages[-1]["content"]:
+                remove_response(messages)  # the empty assistant placeholder a step may leave for the template
+            continuing = messages[-1]["role"] == "assistant"
+            if continuing:
+                messages[-1]["content"] += choice.message.content
+            else:
+                messages.append({"role": "assistant", "content": choice.message.content})
+
+            turn_result = await self.on_turn_end(request, choice, turn)
+            infos.update(turn_result.get("rollout_infos") or {})
+            finished = turn_result.get("done", self.check_finished(request, choice, turn))
+            if self.max_turns:
+                finished = finished or turn >= self.max_turns
+
+            if finished:
+                _add_final_turn(choice, self._extract_logprobs_from_choice(choice), continuing, token_ids, loss_mask, logprobs)
+                return RolloutOutput(
+                    response=response,
+                    messages=messages,
+                    response_token_ids=token_ids,
+                    response_loss_mask=loss_mask,
+                    rollout_infos={**infos, "num_turns": turn},
+                    rollout_logprobs=logprobs if _logprobs_complete(logprobs, token_ids, loss_mask) else [],
+                )
+
+            result = self.step(request, choice, turn)
+            request = result["infer_request"]
+            if "response_token_ids" in result:
+                _extend_or_append(token_ids, result["response_token_ids"], continuing)
+            if "response_loss_mask" in result:
+                ids = result.get("response_token_ids")
+                if ids is None or len(result["response_loss_mask"]) != len(ids):
+                    raise ValueError(
+                        f"{type(self).__name__}.step returned a response_loss_mask without response_token_ids of the same length"
+                    )
+                _extend_or_append(loss_mask, result["response_loss_mask"], continuing)
+            infos.update(result.get("rollout_infos") or {})
+            turn_logprobs = result.get("rollout_logprobs") or self._extract_logprobs_from_choice(choice)
+            if turn_logprobs:
+                _extend_or_append(logprobs, turn_logprobs, continuing)
+            turn += 1
+
+    def step(self, infer_request: RolloutInferRequest, response_choice: ChatCompletionResponseChoice, current_turn: int) -> dict:
+        """The next turn's request, as ``{'infer_request': ..., optional 'response_token_ids', 'response_loss_mask',
+        'rollout_logprobs', 'rollout_infos'}``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement step() or override run()")
+
+    def check_finished(
+        self, infer_request: RolloutInferRequest, response_choice: ChatCompletionResponseChoice, current_turn: int
+    ) -> bool:
+        if response_choice.finish_reason == "length":
+            return True
+        return bool(self.max_turns and current_turn >= self.max_turns)
+
+    @staticmethod
+    def _extract_logprobs_from_choice(response_choice: ChatCompletionResponseChoice) -> List[float]:
+        if not response_choice.logprobs or "content" not in response_choice.logprobs:
+            return []
+        return [item["logprob"] for item in response_choice.logprobs["content"]]
+
+
+def _extend_or_append(per_turn: list, values: list, continuing: bool) -> None:
+    if continuing and per_turn:
+        per_turn[-1].extend(values)
+    else:
+        per_turn.append(list(values))
+
+
+def _add_final_turn(choice, turn_logprobs, continuing, token_ids, loss_mask, logprobs) -> None:
+    """The last turn's tokens join the trajectory as ms-swift's do: appended to a continued assistant message,
+    or as the only turn when no step reported tokens."""
+    final = list(choice.token_ids or [])
+    if continuing and token_ids:
+        token_ids[-1].extend(final)
+        if loss_mask:
+            loss_mask[-1].extend([1] * len(final))
+        if logprobs and turn_logprobs:
+            logprobs[-1].extend(turn_logprobs)
+    elif not token_ids:
+        if final:
+            token_ids.append(final)
+            loss_mask.append([1] * len(final))
+        if turn_logprobs:
+            logprobs.append(list(turn_logprobs))
+
+
+def _logprobs_complete(logprobs, token_ids, loss_mask) -> bool:
+    """Rollout log-probs are usable only if there is one per trained token (loss mask 1) of the trajectory."""
+    if not logprobs:
+        return False
+    count = sum(len(turn) for turn in logprobs)
+    trained = sum(sum(turn) for turn in loss_mask) if loss_mask else sum(len(turn) for turn in token_ids)
+    return count == trained
+
+
+class GYMScheduler(MultiTurnScheduler):
+    """An environment drives the dialogue: ``env.reset`` gives the first observation, ``env.step`` each reply's
+    observation, reward and end (environments from :data:`swift_cispo.rollout.gym_env.envs`)."""
+
+    def __init__(self, infer_engine=None, max_turns: Optional[int] = None, **kwargs):
+        super().__init__(infer_engine, max_turns, **kwargs)
+        self.gym_env_name = kwargs.get("gym_env")
+        self._envs: Dict[str, Any] = {}
+        self._total_rewards: Dict[str, float] = {}
+        self._step_rewards: Dict[str, List[float]] = {}
+        self._pending_obs: Dict[str, Optional[str]] = {}
+
+    async def _close_and_remove(self, uuid: str) -> None:
+        env = self._envs.pop(uuid, None)
+        if env is not None:
+            await env.close()
+        for state in (self._total_rewards, self._step_rewards, self._pending_obs):
+            state.pop(uuid, None)
+
+    async def on_trajectory_start(self, requests: List[RolloutInferRequest]) -> None:
+        async def start(request):
+            if request.uuid in self._envs:
+                await self._close_and_remove(request.uuid)
+            env = self._create_env((request.data_dict or {}).get("env_config", {}))
+            observation, _info, system_message = await env.reset(request)
+            request.messages = ([{"role": "system", "content": system_message}] if system_message else []) + [
+                {"role": "user", "content": observation}
+            ]
+            self._remember(request.uuid, env)
+
+        await asyncio.gather(*(start(request) for request in requests))
+
+    def _remember(self, uuid: str, env) -> None:
+        self._envs[uuid] = env
+        self._total_rewards[uuid] = 0.0
+        self._step_rewards[uuid] = []
+        self._pending_obs[uuid] = None
+
+    async def on_turn_end(self, infer_request, response_choice, current_turn) -> Dict[str, Any]:
+        env = self._envs.get(infer_request.uuid)
+        if env is None:
+            return {"done": True, "rollout_infos": {}}
+        observation, reward, done, _info = await env.step(deepcopy(infer_request.messages))
+        return await self._record(infer_request.uuid, observation, reward, done)
+
+    async def _record(self, uuid: str, next_observation, reward, done) -> Dict[str, Any]:
+        self._total_rewards[uuid] = self._total_rewards.get(uuid, 0.0) + float(reward)
+        self._step_rewards.setdefault(uuid, []).append(float(reward))
+        self._pending_obs[uuid] = None if done else next_observation
+        infos = {"total_reward": self._total_rewards[uuid], "step_rewards": list(self._step_rewards[uuid]), "gym_done": done}
+        if done:
+            await self._close_and_remove(uuid)
+        return {"done": done, "rollout_infos": infos}
+
+    def step(self, infer_request, response_choice, current_turn) -> Dict[str, Any]:
+        observation = self._pending_obs.get(infer_request.uuid)
+        if observation is not None:
+            infer_request.messages.append({"role": "user", "content": observation})
+            self._pending_obs[infer_request.uuid] = None
+        return {"infer_request": infer_request}
+
+    def _create_env(self, env_config: Dict):
+        name = env_config.get("name", self.gym_env_name)
+        if name not in envs:
+            raise UserError(f"gym environment '{name}' is not registered; registered: {', '.join(sorted(envs)) or 'none'}")
+        return envs[name](env_config)
+
+
+class OpenEnvScheduler(GYMScheduler):
+    """A GYMScheduler whose environments are OpenEnv servers; subclasses override ``parse_action`` (reply text ->
+    action dict) and ``format_observation`` (observation -> text)."""
+
+    def _create_env(self, env_config: Dict):
+        raise UserError(
+            "OpenEnv environments (OpenEnvScheduler) are not built yet in swift-cispo; this scheduler can be registered but not run"
+        )
+
+    def parse_action(self, text: str) -> Dict[str, Any]:
+        """The reply as JSON if it is a JSON object (a ``` fence around it is dropped), else ``{'message': text}``."""
+        text = text.strip()
+        lines = text.splitlines()
+        if len(lines) >= 2 and lines[0].startswith("```") and lines[-1].strip().startswith("```"):
+            text = "\n".join(lines[1:-1]).strip()
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            return {"message": text}
+        return parsed if isinstance(parsed, dict) else {"message": str(parsed)}
+
+    def format_observation(self, observation: Any) -> str:
+        try:
+            return json.dumps(observation, ensure_ascii=False, default=str)
+        except (TypeError, ValueError):
+            return str(observation)
+
+
+#: Name -> scheduler class; plugin files add theirs (``multi_turns['mine'] = MyScheduler``).
+multi_turns: Dict[str, type] = {"gym_scheduler": GYMScheduler, "openenv_scheduler": OpenEnvScheduler}
+
+
+def scheduler_class(name: str) -> type:
+    """The scheduler ``--multi_turn_scheduler NAME`` names; training with one is not built yet, so this ends in that sentence."""
+    if name not in multi_turns:
+        registered = ", ".join(sorted(multi_turns))
+        raise UserError(f"unknown multi-turn scheduler '{name}'; registered: {registered} (plugin files add more)")
+    raise UserError(
+        f"multi-turn scheduler '{name}' is registered, but multi-turn rollouts (--multi_turn_scheduler) are not built yet "
+        "in swift-cispo; train without --multi_turn_scheduler"
+    )
