@@ -130,6 +130,19 @@ class GRPOConfig(TRLGRPOConfig):
         default=2.0,
         metadata={"help": "Truncation cap (truncate modes) or cut-off (mask modes) of the rollout correction ratio."},
     )
+    dynamic_sample: bool = field(
+        default=False,
+        metadata={
+            "help": "DAPO's dynamic sampling (ms-swift's flag): groups whose rewards are all equal (zero advantage) are "
+            "replaced by informative groups rolled out from freshly drawn prompts, for up to --max_resample_times "
+            "rounds; logged as dynamic_sampling/flat_groups, /replaced_groups, /rounds. Needs each process's "
+            "generation batch (per_device_train_batch_size x steps_per_generation) to hold whole groups."
+        },
+    )
+    max_resample_times: int = field(
+        default=3,
+        metadata={"help": "--dynamic_sample: most resampling rounds per generation batch (each rolls out as many prompts as the batch has)."},
+    )
     # TRL's names for the rollout correction: None means "not given"; a given value is mapped onto
     # rollout_importance_sampling_* (one correction, one set of metrics), or refused.
     vllm_importance_sampling_correction: bool | None = field(
@@ -286,12 +299,27 @@ class GRPOConfig(TRLGRPOConfig):
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.use_cpu
         self._deepspeed_template = copy.deepcopy(self.deepspeed)  # filled by prepare_deepspeed, once the world exists
         super().__post_init__()
+        self._check_dynamic_sampling()  # after TRL has derived steps_per_generation
         # TRL computes its own vLLM ratio only to provide the old log-probs and the sampler gap it logs
         # (sampling/sampling_logp_difference/*); the loss applies ours, and the trainer drops TRL's ratio metrics.
         self.vllm_importance_sampling_correction = self.rollout_importance_sampling_mode != "none"
         self.vllm_importance_sampling_mode = "token_truncate"
         self.vllm_importance_sampling_clip_max = self.rollout_importance_sampling_threshold
         self.vllm_importance_sampling_clip_min = None
+
+    def _check_dynamic_sampling(self) -> None:
+        if not self.dynamic_sample:
+            return
+        if self.max_resample_times < 1:
+            raise ValueError(f"max_resample_times must be a whole number >= 1 with dynamic_sample; got {self.max_resample_times}")
+        local = self.per_device_train_batch_size * self.steps_per_generation
+        if local % self.num_generations:
+            raise ValueError(
+                f"dynamic_sample replaces whole groups, so each process's generation batch (per_device_train_batch_size "
+                f"x steps_per_generation = {local}) must be a multiple of num_generations ({self.num_generations})"
+            )
+        if self.async_generate:
+            raise ValueError("dynamic_sample resamples while the batch is formed; it cannot be combined with async_generate")
 
     def _map_trl_rollout_correction(self) -> None:
         """TRL's vllm_importance_sampling_* options, where given, become rollout_importance_sampling_* (or an error)."""

@@ -143,6 +143,11 @@ class GRPOTrainer(TRLGRPOTrainer):
         return everyone[start : start + len(prompts)]
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        # every process's rewards, kept for dynamic sampling's flat-group test
+        self._last_rewards_per_func = self._rewards_of_all_processes(inputs, prompts, completions, completion_ids_list)
+        return self._last_rewards_per_func
+
+    def _rewards_of_all_processes(self, inputs, prompts, completions, completion_ids_list):
         if type(self).compute_rewards is GRPOTrainer.compute_rewards:
             return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         rewards = self.compute_rewards(inputs, prompts, completions, completion_ids_list)
@@ -185,14 +190,71 @@ class GRPOTrainer(TRLGRPOTrainer):
         prepared = []
         for raw in raw_batches:
             if self.rollout_window.generation_due():
-                self.rollout_window.fill(self._generate_and_score_completions(raw))
-                self._after_rollout()
+                self.rollout_window.fill(self._rollout(raw))
             prepared.append(self.rollout_window.take())
         local_tokens = torch.stack([_loss_mask(batch).sum() for batch in prepared]).sum().double()
         window_tokens = self.accelerator.reduce(local_tokens, reduction="sum")
         for batch in prepared:
             batch["window_num_tokens"] = window_tokens
         return deque(prepared)
+
+    def _rollout(self, raw: list) -> dict:
+        """One scored generation batch: TRL's rollout, with flat groups resampled under --dynamic_sample."""
+        rollout = self._generate_and_score_completions(raw)
+        self._after_rollout()
+        if self.args.dynamic_sample:
+            rollout = self._resample_flat_groups(rollout)
+        return rollout
+
+    def _resample_flat_groups(self, rollout: dict) -> dict:
+        """DAPO's dynamic sampling: replace this process's flat groups with informative ones from fresh prompts.
+
+        Every process takes part in every round (the rollout's reward gathering is collective) until
+        no process has a flat group left, or after max_resample_times rounds.
+        """
+        from .dynamic_sampling import flat_groups, replace_rows, resample_prompts
+
+        group = self.num_generations
+        local_rows = rollout["completion_ids"].size(0)
+        start = self.accelerator.process_index * local_rows
+        weights = self.reward_weights
+
+        def local_flat(rewards) -> list[int]:
+            flat = flat_groups(rewards[start : start + local_rows], weights, group)
+            return flat.nonzero().flatten().tolist()
+
+        flat = local_flat(self._last_rewards_per_func)
+        found = len(flat)
+        rounds = 0
+        for rounds in range(1, self.args.max_resample_times + 1):
+            pending = self.accelerator.reduce(torch.tensor(float(len(flat)), device=self.accelerator.device), reduction="sum")
+            if pending.item() == 0:
+                rounds -= 1
+                break
+            generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + self.state.global_step * 101 + rounds)
+            rows = resample_prompts(len(self.train_dataset), local_rows // group, self.accelerator.process_index,
+                                    self.accelerator.num_processes, generator)  # fmt: skip
+            fresh_raw = [self.train_dataset[index] for index in rows for _ in range(group)]
+            fresh = self._generate_and_score_completions(fresh_raw)
+            self._after_rollout()
+            informative = [g for g in range(local_rows // group) if g not in set(local_flat(self._last_rewards_per_func))]
+            swaps = list(zip(flat, informative))
+            rollout = replace_rows(
+                rollout, fresh,
+                [g * group + k for g, _ in swaps for k in range(group)],
+                [f * group + k for _, f in swaps for k in range(group)],
+                self.processing_class.pad_token_id,
+            )  # fmt: skip
+            flat = flat[len(swaps):]
+        totals = self.accelerator.reduce(torch.tensor([float(found), float(len(flat))], device=self.accelerator.device), reduction="sum")
+        found_all, left_all = totals.tolist()
+        metrics = self._metrics["train"]
+        metrics["dynamic_sampling/flat_groups"].append(found_all)
+        metrics["dynamic_sampling/replaced_groups"].append(found_all - left_all)
+        metrics["dynamic_sampling/rounds"].append(float(rounds))
+        if left_all:
+            logger.info("dynamic sampling: %d flat groups left after %d resampling rounds", left_all, rounds)
+        return rollout
 
     def _after_rollout(self) -> None:
         """Records of a rollout just generated: completions.jsonl, the policy lag, and no stray TRL metric."""
