@@ -29,7 +29,7 @@ from swift_cispo.plots import curve_panels
 from swift_cispo.records import COMPLETIONS_FILE, MetricsFileCallback, truncate_jsonl
 from swift_cispo.checkpoints import incomplete_reason, resolve_resume, safetensors_problem
 from swift_cispo.errors import NonFiniteError, UserError
-from swift_cispo.trainers.grpo_trainer import non_finite_problem
+from swift_cispo.trainers.run_checks import non_finite_problem
 from helpers import REPO, assert_clean_error, read_metrics, swift
 
 # The embedded demo (its own model and data, steps_per_generation 2), made small and seeded.

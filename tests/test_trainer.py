@@ -176,7 +176,7 @@ def test_a_dataset_smaller_than_one_generation_batch_is_refused_before_the_model
 def test_resuming_with_another_length_names_the_schedule_that_makes_it_inexact(tmp_path):
     import json
 
-    from swift_cispo.trainers.grpo_trainer import schedule_change_note
+    from swift_cispo.trainers.run_checks import schedule_change_note
 
     checkpoint = tmp_path / "checkpoint-3"
     checkpoint.mkdir()

@@ -97,7 +97,8 @@ def run(argv: list[str]) -> int:
     try:
         dataset = load_datasets(data_args.dataset, seed=config.seed, system=data_args.system, columns=columns)
         dataset, eval_dataset = split_for_evaluation(dataset, data_args.split_dataset_ratio, config.seed)
-        from ..trainers.config import empty_run_reason, prepare_deepspeed
+        from ..distributed import prepare_deepspeed
+        from ..trainers.run_checks import empty_run_reason
 
         reason = empty_run_reason(config, len(dataset))
         if reason:  # before the weights load: a run that trains nothing must not exit 0 with the base model saved

@@ -43,3 +43,32 @@ def resolve_deepspeed_config(value: str | dict | None) -> dict | None:
         raise ValueError(f"--deepspeed {value}: zero_optimization.stage must be 0, 1, 2 or 3; got {stage!r}")
     return config
 
+
+def prepare_deepspeed(config) -> None:
+    """Fill DeepSpeed's "auto" batch sizes with the real world size, once the process group may exist.
+
+    transformers fills them while the arguments are built, before a torchrun worker has joined its
+    group, so it counts a world of 1; ZeRO-3's ``zero.Init`` (run when the model is loaded) then fails
+    its batch-size check. The trainer calls this, and so does the CLI before it loads a model; building
+    a config joins no process group. Does nothing without DeepSpeed, or a second time.
+    """
+    template = getattr(config, "_deepspeed_template", None)
+    if template is None or getattr(config, "_deepspeed_prepared", False):
+        return
+    import copy
+
+    from accelerate.utils import DeepSpeedPlugin
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    import torch.distributed
+    from deepspeed import comm as deepspeed_comm
+
+    _ = config.device  # sets up the process group (torchrun's env://) and config.distributed_state
+    if torch.distributed.is_initialized() and not deepspeed_comm.is_initialized():
+        # the CPU (gloo) path: accelerate made torch's group but not DeepSpeed's view of it, and
+        # DeepSpeed would otherwise count a world of 1
+        deepspeed_comm.init_distributed(dist_backend=torch.distributed.get_backend(), auto_mpi_discovery=False)
+    config.hf_deepspeed_config = HfTrainerDeepSpeedConfig(copy.deepcopy(template))  # also what zero.Init reads
+    config.hf_deepspeed_config.trainer_config_process(config)
+    config.deepspeed_plugin = DeepSpeedPlugin(hf_ds_config=config.hf_deepspeed_config)
+    config._deepspeed_prepared = True

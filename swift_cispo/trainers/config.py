@@ -441,55 +441,5 @@ class GRPOConfig(TRLGRPOConfig):
             raise ValueError(f"rollout_importance_sampling_threshold must be > 0; got {self.rollout_importance_sampling_threshold}")
 
 
-def empty_run_reason(config: GRPOConfig, num_prompts: int) -> str | None:
-    """Why training ``num_prompts`` dataset rows with ``config`` would run no optimizer step; None if it trains.
-
-    TRL's sampler hands out whole generation batches of ``generation_batch_size / num_generations``
-    prompts (all processes) and drops a last, partial one; transformers then trains
-    ``max_steps`` steps, or ``num_train_epochs`` passes. A run that trains nothing would otherwise
-    exit 0 and save the untouched model as its result.
-    """
-    per_generation = config.generation_batch_size // config.num_generations
-    if num_prompts < per_generation:
-        return (
-            f"the dataset has {num_prompts} prompts, fewer than the {per_generation} one generation batch takes "
-            f"(generation_batch_size {config.generation_batch_size} / num_generations {config.num_generations}), so no "
-            "step would run; add rows, or lower --per_device_train_batch_size or --steps_per_generation"
-        )
-    if config.max_steps == 0:
-        return "--max_steps 0 trains no step; give a positive --max_steps, or leave it out to train --num_train_epochs"
-    if config.max_steps < 0 and config.num_train_epochs <= 0:
-        return f"--num_train_epochs {config.num_train_epochs:g} trains no step; give a positive number of epochs or --max_steps"
-    return None
-
-
-def prepare_deepspeed(config: GRPOConfig) -> None:
-    """Fill DeepSpeed's "auto" batch sizes with the real world size, once the process group may exist.
-
-    transformers fills them while the arguments are built, before a torchrun worker has joined its
-    group, so it counts a world of 1; ZeRO-3's ``zero.Init`` (run when the model is loaded) then fails
-    its batch-size check. The trainer calls this, and so does the CLI before it loads a model; building
-    a config joins no process group. Does nothing without DeepSpeed, or a second time.
-    """
-    template = getattr(config, "_deepspeed_template", None)
-    if template is None or getattr(config, "_deepspeed_prepared", False):
-        return
-    from accelerate.utils import DeepSpeedPlugin
-    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
-
-    import torch.distributed
-    from deepspeed import comm as deepspeed_comm
-
-    _ = config.device  # sets up the process group (torchrun's env://) and config.distributed_state
-    if torch.distributed.is_initialized() and not deepspeed_comm.is_initialized():
-        # the CPU (gloo) path: accelerate made torch's group but not DeepSpeed's view of it, and
-        # DeepSpeed would otherwise count a world of 1
-        deepspeed_comm.init_distributed(dist_backend=torch.distributed.get_backend(), auto_mpi_discovery=False)
-    config.hf_deepspeed_config = HfTrainerDeepSpeedConfig(copy.deepcopy(template))  # also what zero.Init reads
-    config.hf_deepspeed_config.trainer_config_process(config)
-    config.deepspeed_plugin = DeepSpeedPlugin(hf_ds_config=config.hf_deepspeed_config)
-    config._deepspeed_prepared = True
-
-
-__all__ = ["GRPOConfig", "DEFAULT_CISPO_EPSILON_HIGH", "empty_run_reason", "planned_world_size", "prepare_deepspeed"]
+__all__ = ["GRPOConfig", "DEFAULT_CISPO_EPSILON_HIGH", "planned_world_size"]
 

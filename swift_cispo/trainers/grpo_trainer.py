@@ -16,7 +16,6 @@ from __future__ import annotations
 import inspect
 import itertools
 import logging
-import math
 from collections import deque
 from pathlib import Path
 
@@ -31,7 +30,9 @@ from ..errors import NonFiniteError
 from ..losses import ReductionContext, get_loss, k3_kl, log_importance_ratio, loss_config_from_args, rollout_correction
 from ..losses.reduction import REDUCTIONS
 from ..trl_contract import trl_version_problem
-from .config import GRPOConfig, empty_run_reason, prepare_deepspeed
+from ..distributed import prepare_deepspeed
+from .config import GRPOConfig
+from .run_checks import empty_run_reason, non_finite_problem, schedule_change_note
 from .metrics import StepMetrics
 from .rollout_window import RolloutWindow
 
@@ -399,51 +400,6 @@ class GRPOTrainer(TRLGRPOTrainer):
         return rollout_correction(
             old_log_probs, sampler_log_probs, mask, mode, self.args.rollout_importance_sampling_threshold
         )
-
-
-def non_finite_problem(loss: torch.Tensor, log_probs: torch.Tensor, mask: torch.Tensor) -> str | None:
-    """What is NaN/inf among the loss and the completion tokens' log-probs, in words; None if all are finite."""
-    bad = (~torch.isfinite(log_probs.detach()) & mask.bool()).sum()
-    value, bad_log_probs = torch.stack([loss.detach().float(), bad.float()]).tolist()  # one device sync
-    bad_log_probs = int(bad_log_probs)
-    if math.isfinite(value) and not bad_log_probs:
-        return None
-    where = f"{bad_log_probs} completion-token log-probs are NaN or inf" if bad_log_probs else "the log-probs are finite"
-    return f"the loss is {value} ({where})"
-
-
-
-#: Learning-rate schedules whose value at a step does not depend on the run's length (max_steps).
-_LENGTH_FREE_SCHEDULES = ("constant", "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau")
-
-
-def schedule_change_note(checkpoint: Path, args, max_steps: int) -> str | None:
-    """Why a run resumed from ``checkpoint`` with ``max_steps`` cannot match one that ran straight, or None.
-
-    Weights, optimizer, RNG and the rollout window resume exactly. But a schedule that stretches with
-    the run's length (cosine, linear, ... or warmup given as a ratio) gave the checkpoint's steps
-    the learning rates of the *earlier* length; extending a finished run then diverges from a run
-    that was that long from the start.
-    """
-    import json
-
-    try:
-        saved_max_steps = int(json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["max_steps"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if saved_max_steps == max_steps:
-        return None
-    schedule = str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
-    depends = [f"--lr_scheduler_type {schedule}"] if schedule not in _LENGTH_FREE_SCHEDULES else []
-    if 0 < args.warmup_steps < 1:  # transformers reads a warmup below 1 as a share of the run (ms-swift's --warmup_ratio)
-        depends.append(f"a warmup of {args.warmup_steps:g} of the run")
-    if not depends:
-        return None
-    return (
-        f"{checkpoint.name} was trained for a run of {saved_max_steps} steps and this run has {max_steps}: "
-        f"{' and '.join(depends)} scale with the run's length, so the learning rates of its first steps differ from "
-        "a run that had this length from the start (weights, optimizer and rollouts still resume exactly)"
-    )
 
 
 def _remove_empty_folder(path: Path) -> None:
