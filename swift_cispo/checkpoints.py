@@ -27,14 +27,6 @@ _NOT_RESUMING = ("", "false", "none")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin")
 
 
-def remove_if_empty(path: Path) -> None:
-    """Remove a folder this run created but left empty (a run that stopped before writing anything)."""
-    try:
-        path.rmdir()
-    except OSError:  # not empty, or already gone
-        pass
-
-
 def checkpoint_step(path: Path) -> int | None:
     """N of a folder named ``checkpoint-N``, else None."""
     match = CHECKPOINT_PATTERN.match(path.name)

@@ -21,7 +21,8 @@ def parse_dataset_spec(spec: str) -> tuple[str, int | None]:
     return spec, None
 
 
-def _looks_like_hub_id(source: str) -> bool:
+def looks_like_hub_id(source: str) -> bool:
+    """``owner/name`` with no file extension a local dataset would have: a hub id, not a path."""
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", source)) and Path(source).suffix.lower() not in _FILE_BUILDERS
 
 
@@ -71,7 +72,7 @@ def read_source(source: str):
             if path.suffix.lower() == ".jsonl":
                 _check_jsonl(path)
             dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
-        elif _looks_like_hub_id(source):
+        elif looks_like_hub_id(source):
             dataset = datasets.load_dataset(source, split="train")
         else:
             raise UserError(f"dataset {source} does not exist (give a local file, a saved datasets folder or a hub id)")

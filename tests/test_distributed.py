@@ -183,7 +183,7 @@ def test_deepspeed_configs(tmp_path):
 
 def test_lora_options():
     from swift_cispo.cli.args import ModelArguments
-    from swift_cispo.cli.rlhf import lora_config
+    from swift_cispo.cli.model import lora_config
     from swift_cispo.errors import UserError
 
     assert lora_config(ModelArguments(model="m")) is None

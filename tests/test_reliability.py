@@ -196,7 +196,7 @@ def test_safetensors_truncation_is_detected(tmp_path):
 
 
 def test_output_dir_rules(tmp_path):
-    from swift_cispo.cli.rlhf import resolve_output_dir
+    from swift_cispo.cli.outputs import resolve_output_dir
 
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
@@ -396,7 +396,8 @@ def test_trust_remote_code_is_off_unless_asked(monkeypatch, tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from swift_cispo.cli.args import ModelArguments
-    from swift_cispo.cli.rlhf import load_model_and_tokenizer, parse
+    from swift_cispo.cli.model import load_model_and_tokenizer
+    from swift_cispo.cli.rlhf import parse
 
     seen = []
     for cls in (AutoModelForCausalLM, AutoTokenizer):

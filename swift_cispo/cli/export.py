@@ -80,8 +80,8 @@ def run(argv: list[str]) -> int:
         raise UserError(f"--adapters {args.adapters} holds no {ADAPTER_CONFIG}; give the folder a --train_type lora run saved")
     base = base_model_of(adapters, args.model)
 
-    from ..checkpoints import remove_if_empty
-    from .rlhf import check_model_source, resolve_output_dir
+    from .model import check_model_source
+    from .outputs import remove_if_empty, resolve_output_dir
 
     check_model_source(base)
     output_dir = resolve_output_dir(args.output_dir or f"{str(adapters).rstrip('/')}-merged", "export")

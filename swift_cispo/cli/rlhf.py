@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from pathlib import Path
 
-from ..checkpoints import remove_if_empty
 from ..errors import UserError
 from .args import DataArguments, ModelArguments, RLHFArguments, training_arguments_class
+from .model import check_model_source, load_model_and_tokenizer, lora_config
+from .outputs import launcher_output_dir, remove_if_empty, resolve_output_dir, worker_output_dir
 from .parser import Parser, expand_config_files, explicit_flags, normalise_flags, reject_unsupported
 
 logger = logging.getLogger("swift_cispo")
@@ -54,98 +54,6 @@ def parse(argv: list[str]):
 def _as_tokens(name: str, value) -> list[str]:
     values = value if isinstance(value, list) else [value]
     return [f"--{name}", *(("true" if v else "false") if isinstance(v, bool) else str(v) for v in values)]
-
-
-def resolve_output_dir(requested: str | None, loss_type: str, resume: Path | None = None) -> Path:
-    """A new folder for this run; an existing non-empty one is refused so nothing in it is overwritten,
-    except the folder of the checkpoint the run resumes from (its default), where the run goes on."""
-    if requested is None:
-        path = resume.parent if resume is not None else Path("output") / f"{loss_type}-{time.strftime('%Y%m%d-%H%M%S')}"
-    else:
-        path = Path(requested).expanduser()
-    continuing = resume is not None and path.resolve() == resume.resolve().parent
-    if not continuing and path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise UserError(f"output_dir {path} already exists and is not empty; give a new --output_dir so nothing in it is overwritten")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"output_dir {path} is not writable ({err.strerror})") from None
-    return path
-
-
-def launcher_output_dir(requested: str | None, loss_type: str, plan, checkpoint: Path | None = None) -> Path:
-    """The launcher fixes the output folder once, so that every worker writes to the same one.
-
-    With several nodes each node's launcher runs this; only node 0 insists on a new folder, since on a
-    shared file system the others may already see what node 0 wrote.
-    """
-    if plan.nnodes > 1 and requested is None and checkpoint is None:
-        raise UserError("a run on several nodes needs --output_dir (the same path on every node)")
-    if plan.node_rank > 0:
-        path = Path(requested).expanduser() if requested else checkpoint.parent
-        path.mkdir(parents=True, exist_ok=True)
-        return path.resolve()
-    return resolve_output_dir(requested, loss_type, checkpoint).resolve()
-
-
-def worker_output_dir(requested: str | None) -> Path | None:
-    """In a torchrun worker: the folder its launcher prepared, or None when this process must check it itself.
-
-    Started by plain ``torchrun``, only rank 0 checks that the folder is new (the others would see the files
-    rank 0 writes); they need the same explicit --output_dir, since a timestamped default could differ.
-    """
-    import os
-
-    from ..distributed.launch import OUTPUT_DIR_ENV, global_rank, under_torchrun
-
-    if not under_torchrun():
-        return None
-    prepared = os.environ.get(OUTPUT_DIR_ENV)
-    if prepared and requested and Path(requested).expanduser().resolve() == Path(prepared):
-        return Path(prepared)
-    if int(os.environ["WORLD_SIZE"]) == 1:  # a lone worker checks its folder as a plain run does
-        return None
-    if requested is None:
-        raise UserError("under torchrun give --output_dir, so that every process writes to the same folder")
-    if global_rank() == 0:
-        return None
-    path = Path(requested).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def check_model_source(source: str) -> None:
-    """Fail fast on a model path that cannot exist, before any dataset or weights are read."""
-    from ..data import _looks_like_hub_id
-
-    if not Path(source).expanduser().exists() and (source.startswith((".", "/", "~")) or not _looks_like_hub_id(source)):
-        raise UserError(f"model path {source} does not exist (give a local model folder or a hub model id)")
-
-
-def load_model_and_tokenizer(model_args: ModelArguments):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    source = model_args.model
-    check_model_source(source)
-    local = Path(source).expanduser()
-    dtype = "auto" if model_args.torch_dtype == "auto" else getattr(torch, model_args.torch_dtype)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(local) if local.exists() else source, dtype=dtype, trust_remote_code=model_args.trust_remote_code
-        )
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(local) if local.exists() else source, trust_remote_code=model_args.trust_remote_code
-        )
-    except (OSError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"could not load model {source}: {reason}") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
 
 
 def run(argv: list[str]) -> int:
@@ -281,28 +189,6 @@ def reward_options(rlhf_args: RLHFArguments, train_args) -> dict:
 
 def _strategy(value) -> str:
     return str(getattr(value, "value", value))
-
-
-def lora_config(model_args: ModelArguments):
-    """``--train_type lora`` -> peft's LoraConfig for a causal LM (None for full training)."""
-    if model_args.train_type != "lora":
-        return None
-    if model_args.lora_rank < 1:
-        raise UserError(f"--lora_rank must be a whole number >= 1; got {model_args.lora_rank}")
-    if model_args.lora_alpha <= 0:
-        raise UserError(f"--lora_alpha must be > 0; got {model_args.lora_alpha}")
-    if not 0 <= model_args.lora_dropout < 1:
-        raise UserError(f"--lora_dropout must be in [0, 1); got {model_args.lora_dropout}")
-    from peft import LoraConfig, TaskType
-
-    modules = model_args.target_modules
-    return LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
-        r=model_args.lora_rank,
-        lora_alpha=model_args.lora_alpha,
-        lora_dropout=model_args.lora_dropout,
-        target_modules="all-linear" if modules == ["all-linear"] else modules,  # peft's spelling of the shorthand
-    )
 
 
 def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path, eval_dataset=None, peft_config=None) -> int:

@@ -92,7 +92,7 @@ def _port_is_free(host: str, port: int) -> bool:
 
 def run(argv: list[str]) -> int:
     args = parse(argv)
-    from .rlhf import check_model_source
+    from .model import check_model_source
 
     check_model_source(args.model)
     if not _port_is_free(args.host, args.port):

@@ -24,7 +24,8 @@ from accelerate.utils import gather
 from trl import GRPOTrainer as TRLGRPOTrainer
 
 from ..callbacks import COMPLETIONS_FILE, NonFiniteGradientGuard, append_jsonl, completion_rows
-from ..checkpoints import load_rollout_state, remove_if_empty, save_rollout_state, saved_rollout_ranks
+from ..checkpoints import load_rollout_state, save_rollout_state, saved_rollout_ranks
+from ..cli.outputs import remove_if_empty
 from ..errors import NonFiniteError
 from ..losses import LossConfig, ReductionContext, get_loss, k3_kl, log_importance_ratio, rollout_correction
 from ..losses.reduction import REDUCTIONS
