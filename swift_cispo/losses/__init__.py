@@ -1,6 +1,6 @@
 """Per-token policy losses, their registry, and the reductions that normalise them."""
 
-from . import policy  # noqa: F401  (registers the built-in losses)
+from . import policy, sapo  # noqa: F401  (registers the built-in losses)
 from .common import k3_kl, log_importance_ratio
 from .policy import cispo_bounds, ppo_zero_gradient
 from .rollout import ROLLOUT_CORRECTION_MODES, rollout_correction

@@ -71,6 +71,8 @@ class GRPOTrainer(TRLGRPOTrainer):
             cispo_epsilon_low=self.args.cispo_epsilon_low,
             cispo_token_mask=self.args.cispo_token_mask,
             dual_clip_c=self.args.dual_clip_c,
+            sapo_tau_pos=self.args.sapo_temperature_pos,
+            sapo_tau_neg=self.args.sapo_temperature_neg,
         )
         self._window_inputs: deque = deque()  # the current optimizer step's prepared micro-batches
         # Metrics of the current optimizer step, accumulated over its micro-batches and logged once:
