@@ -1,9 +1,10 @@
-"""Write docs/cli.md from the argument dataclasses (run after changing a flag)."""
+"""Write docs/cli.md and docs/migrating-from-ms-swift.md from the argument dataclasses and the ms-swift flag catalogue."""
 
 from pathlib import Path
 
-from swift_cispo.cli.reference import render
+from swift_cispo.cli.reference import render, render_migration
 
-target = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
-target.write_text(render(), encoding="utf-8")
-print(f"wrote {target}")
+docs = Path(__file__).resolve().parents[1] / "docs"
+for name, text in (("cli.md", render()), ("migrating-from-ms-swift.md", render_migration())):
+    (docs / name).write_text(text, encoding="utf-8")
+    print(f"wrote {docs / name}")

@@ -46,9 +46,9 @@ def load_one(spec: str, seed: int = 42, system: str | None = None, columns: dict
     return _prepare(read_source(source), source, rows, seed, system, columns or {})
 
 
-def _prepare(dataset, source: str, rows: int | None, seed: int, system: str | None, columns: dict[str, str]):
+def _prepare(dataset, source: str, rows: int | None, seed: int, system: str | None, columns: dict[str, str], map_options=None):
     # Formatting comes before sampling so that an error names the row's position in the file.
-    dataset = to_prompt_format(rename_columns(dataset, source, columns), source, system)
+    dataset = to_prompt_format(rename_columns(dataset, source, columns), source, system, map_options)
     return dataset if rows is None else sample_rows(dataset, rows, seed)
 
 
@@ -124,12 +124,14 @@ def sample_rows(dataset, rows: int, seed: int):
     return dataset.select(indices.tolist())
 
 
-def to_prompt_format(dataset, source: str, system: str | None = None):
+def to_prompt_format(dataset, source: str, system: str | None = None, map_options: dict | None = None):
     """Give every row a ``prompt`` TRL can generate from.
 
     - ``prompt`` (string): kept as plain text; with ``system``, turned into a chat conversation.
     - ``prompt`` (messages) or ``messages``: a conversation; a final assistant turn in ``messages``
       (the reference answer of an SFT-style row) is dropped, since the policy writes that turn.
+
+    ``map_options``: datasets' ``map`` options (``num_proc``, ``load_from_cache_file``) from the CLI.
     """
     columns = dataset.column_names
     if "prompt" not in columns and "messages" not in columns:
@@ -163,10 +165,12 @@ def to_prompt_format(dataset, source: str, system: str | None = None):
         return {"prompt": prompt}
 
     drop = [c for c in ("messages",) if c in columns]
-    return dataset.map(convert, with_indices=True, remove_columns=drop, desc="formatting prompts")
+    return dataset.map(convert, with_indices=True, remove_columns=drop, desc="formatting prompts", **(map_options or {}))
 
 
-def load_datasets(specs: list[str], seed: int = 42, system: str | None = None, columns: dict[str, str] | None = None):
+def load_datasets(
+    specs: list[str], seed: int = 42, system: str | None = None, columns: dict[str, str] | None = None, map_options: dict | None = None
+):
     """Load, rename (``--columns``), format, sample and concatenate the ``--dataset`` arguments."""
     import datasets
 
@@ -177,7 +181,7 @@ def load_datasets(specs: list[str], seed: int = 42, system: str | None = None, c
     missing = [old for old in columns if old not in known]
     if missing:
         raise UserError(f"--columns renames '{missing[0]}', which no dataset has (their columns: {', '.join(sorted(known))})")
-    parts = [_prepare(dataset, source, rows, seed, system, columns) for dataset, (source, rows) in zip(raw, parsed)]
+    parts = [_prepare(dataset, source, rows, seed, system, columns, map_options) for dataset, (source, rows) in zip(raw, parsed)]
     if len(parts) == 1:
         return parts[0]
     try:

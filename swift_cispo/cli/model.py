@@ -24,9 +24,10 @@ def load_model_and_tokenizer(model_args):
     check_model_source(source)
     local = Path(source).expanduser()
     dtype = "auto" if model_args.torch_dtype == "auto" else getattr(torch, model_args.torch_dtype)
+    attention = {"attn_implementation": model_args.attn_impl} if getattr(model_args, "attn_impl", None) else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(local) if local.exists() else source, dtype=dtype, trust_remote_code=model_args.trust_remote_code
+            str(local) if local.exists() else source, dtype=dtype, trust_remote_code=model_args.trust_remote_code, **attention
         )
         tokenizer = AutoTokenizer.from_pretrained(
             str(local) if local.exists() else source, trust_remote_code=model_args.trust_remote_code

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from ..errors import UserError
-from .args import DataArguments, ModelArguments, RLHFArguments, training_arguments_class
+from .args import ALIASES, DataArguments, ModelArguments, RLHFArguments, training_arguments_class
 from .model import check_model_source, load_model_and_tokenizer, lora_config
 from .outputs import launcher_output_dir, remove_if_empty, resolve_output_dir, worker_output_dir
 from .parser import Parser, expand_config_files, explicit_flags, normalise_flags, reject_unsupported
@@ -16,10 +16,11 @@ logger = logging.getLogger("swift_cispo")
 
 
 def build_parser() -> Parser:
-    return Parser(
-        (ModelArguments, DataArguments, RLHFArguments, training_arguments_class()),
-        prog="swift rlhf",
-    )
+    from . import msswift
+
+    own = (ModelArguments, DataArguments, RLHFArguments, training_arguments_class(), msswift.MsSwiftArguments)
+    implemented = {f.name for cls in own for f in dataclasses.fields(cls)} | set(ALIASES)
+    return Parser((*own, msswift.declared_arguments_class(implemented)), prog="swift rlhf")
 
 
 def parse(argv: list[str]):
@@ -41,11 +42,16 @@ def parse(argv: list[str]):
         raise UserError("--dataset needs --model (omit both to train the embedded demo)")
     elif "dataset" not in given:
         raise UserError("--model needs --dataset (omit both to train the embedded demo)")
-    model_args, data_args, rlhf_args, train_args, remaining = parser.parse_args_into_dataclasses(
+    model_args, data_args, rlhf_args, train_args, ms_args, declared, remaining = parser.parse_args_into_dataclasses(
         args=argv, return_remaining_strings=True
     )
     if remaining:
         raise UserError(f"unexpected argument {remaining[0]!r}; flag values follow their --flag")
+    from . import msswift
+
+    notes = msswift.check_declared(declared)  # ms-swift flags: their default accepted, another value refused
+    notes += msswift.apply(ms_args, model_args, data_args, train_args, given)
+    msswift.log_notes(notes)
     if data_args.split_dataset_ratio > 0 and "eval_strategy" not in given:
         train_args.eval_strategy = "steps"  # a held-out set is there to be evaluated; every --eval_steps (default: --logging_steps)
     return model_args, data_args, rlhf_args, train_args, demo
@@ -67,7 +73,9 @@ def run(argv: list[str]) -> int:
         # Check everything a worker would check before loading data, so a mistake is reported once, not N times.
         with _quiet():
             _, _, reward_funcs = prepare(model_args, data_args, rlhf_args, train_args, demo)
-            config = build_config(train_args, Path(train_args.output_dir or "output"), len(reward_funcs), validate_only=True)
+            config = build_config(
+                train_args, Path(train_args.output_dir or "output"), len(reward_funcs), validate_only=True, template=data_args
+            )
             check_reporting(config.report_to)
         checkpoint = resume_point(train_args)  # resolved once ("latest"), so that every node resumes the same one
         output_dir = launcher_output_dir(train_args.output_dir, train_args.loss_type, plan, checkpoint)
@@ -81,7 +89,7 @@ def run(argv: list[str]) -> int:
     output_dir = worker_output_dir(train_args.output_dir) or resolve_output_dir(train_args.output_dir, train_args.loss_type, checkpoint)
     train_args.resume_from_checkpoint = None if checkpoint is None else str(checkpoint)
     try:
-        config = build_config(train_args, output_dir, len(reward_funcs))
+        config = build_config(train_args, output_dir, len(reward_funcs), template=data_args)
         check_reporting(config.report_to)
     except UserError:
         remove_if_empty(output_dir)
@@ -90,9 +98,12 @@ def run(argv: list[str]) -> int:
     from ..data import load_datasets, split_for_evaluation
 
     try:
-        dataset = load_datasets(data_args.dataset, seed=config.seed, system=data_args.system, columns=columns)
-        dataset, eval_dataset = split_for_evaluation(dataset, data_args.split_dataset_ratio, config.seed)
+        map_options = {"num_proc": data_args.dataset_num_proc if data_args.dataset_num_proc > 1 else None,
+                       "load_from_cache_file": data_args.load_from_cache_file}
+        dataset = load_datasets(data_args.dataset, seed=config.seed, system=data_args.system, columns=columns, map_options=map_options)
         model, tokenizer = load_model_and_tokenizer(model_args)
+        dataset = _limit_prompt_length(dataset, tokenizer, data_args, config.chat_template_kwargs)
+        dataset, eval_dataset = split_for_evaluation(dataset, data_args.split_dataset_ratio, config.seed)
     except UserError:
         remove_if_empty(output_dir)
         raise
@@ -101,6 +112,17 @@ def run(argv: list[str]) -> int:
         when = f"every {config.eval_steps:g} steps" if strategy == "steps" else f"(eval_strategy {strategy})"
         logger.info("holding out %d of %d rows for evaluation %s", len(eval_dataset), len(dataset) + len(eval_dataset), when)
     return _train(model, tokenizer, reward_funcs, config, dataset, output_dir, eval_dataset, peft_config)
+
+
+def _limit_prompt_length(dataset, tokenizer, data_args, chat_template_kwargs):
+    """--max_length / --truncation_strategy on the prompts, with the count of rows it touched in the log."""
+    from ..prompt_length import apply_max_length
+
+    dataset, affected = apply_max_length(dataset, tokenizer, data_args.max_length, data_args.truncation_strategy, chat_template_kwargs)
+    if affected:
+        done = "deleted" if data_args.truncation_strategy == "delete" else "left-truncated"
+        logger.info("%s %d prompts longer than --max_length %d tokens", done, affected, data_args.max_length)
+    return dataset
 
 
 def resume_point(train_args):
@@ -143,15 +165,19 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, rlhf_args: RLH
     return columns, peft_config, reward_funcs
 
 
-def build_config(train_args, output_dir: Path, num_rewards: int, validate_only: bool = False):
+def build_config(train_args, output_dir: Path, num_rewards: int, validate_only: bool = False, template=None):
     """The trainer's GRPOConfig from the training flags; its ValueErrors become one-sentence UserErrors.
 
     ``validate_only`` (the launcher): check the flags without joining a process group for DeepSpeed.
+    ``template``: the data arguments whose chat-template and stop-word flags become config fields.
     """
     from ..distributed import resolve_deepspeed_config
     from ..trainers import GRPOConfig
+    from .msswift import template_config
 
     fields = dataclasses.asdict(train_args)
+    if template is not None:
+        fields.update(template_config(template, train_args.use_vllm))
     fields["output_dir"] = str(output_dir)
     fields["dataloader_pin_memory"] = _has_accelerator()  # pinning is pointless (and warns) on a CPU-only machine
     try:
