@@ -331,6 +331,8 @@ TRAINING_FLAGS = (
 _CLI_DEFAULTS = {"output_dir": None, "report_to": "none", "logging_steps": 5}
 # ms-swift's sleep_level 1 is accepted on the command line (see swift_cispo.cli.msswift); the Python API takes 0 or 2.
 _CLI_CHOICES = {"sleep_level": [0, 1, 2]}
+# ms-swift (and transformers) take several loggers: --report_to tensorboard wandb
+_CLI_TYPES = {"report_to": list[str]}
 
 
 def training_arguments_class() -> type:
@@ -347,9 +349,13 @@ def training_arguments_class() -> type:
             metadata["help"] = metadata.get("help", "") + " Give a JSON object."
         if name in _CLI_CHOICES:
             metadata["choices"] = _CLI_CHOICES[name]
+        hint = _CLI_TYPES.get(name, hint)
         if name in _CLI_DEFAULTS:
             default = _CLI_DEFAULTS[name]
-            new_field = field(default=default, metadata=metadata)
+            if hint is list[str]:
+                new_field = field(default_factory=lambda default=default: [default], metadata=metadata)
+            else:
+                new_field = field(default=default, metadata=metadata)
         elif source.default_factory is not dataclasses.MISSING:
             new_field = field(default_factory=source.default_factory, metadata=metadata)
         else:

@@ -1,0 +1,112 @@
+"""Run ms-swift's GRPO example command lines (tests/fixtures/ms_swift_examples/) through this `swift rlhf`.
+
+Each `swift rlhf` command of each vendored script is run as written, except: its environment prefix
+(CUDA_VISIBLE_DEVICES, NPROC_PER_NODE, NNODES...) is dropped so it runs as one process on this machine,
+--model and --dataset are replaced by local stand-ins, and small-run flags are appended (--max_steps 2,
+short completions, a fresh --output_dir) so that a CPU can run it. Prints one row per command line:
+trained / refused (the one-sentence reason) / failed, and the counts.
+
+    PYTHONPATH=$PWD nice -n 10 python scripts/msswift_examples.py --model MODEL_DIR [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures" / "ms_swift_examples"
+#: Appended to every command line: two optimizer steps of short completions.
+SMALL_RUN = ["--max_steps", "2", "--max_completion_length", "8", "--save_strategy", "no", "--report_to", "none",
+             "--logging_steps", "1", "--dataloader_num_workers", "0"]
+
+
+def command_lines(script: Path) -> list[list[str]]:
+    """The argument lists of the `swift rlhf` commands in a shell script (continuation lines joined)."""
+    text = re.sub(r"\\\n", " ", script.read_text(encoding="utf-8"))
+    commands = []
+    for line in text.splitlines():
+        match = re.match(r"^\s*(?:[A-Z_0-9]+=\S*\s+)*swift rlhf\s+(.*)$", line)
+        if match:
+            commands.append(shlex.split(match.group(1), comments=True))
+    return commands
+
+
+def swap_model_and_dataset(argv: list[str], model: str, dataset: str) -> list[str]:
+    """Replace the values of --model and --dataset (a list flag: every value up to the next --flag)."""
+    out, index = [], 0
+    while index < len(argv):
+        token = argv[index]
+        if token in ("--model", "--dataset"):
+            out += [token, model if token == "--model" else dataset]
+            index += 1
+            while index < len(argv) and not argv[index].startswith("--"):
+                index += 1
+            continue
+        out.append(token)
+        index += 1
+    return out
+
+
+def write_dataset(folder: Path) -> Path:
+    rows = [{"prompt": f"{a}+{b}=", "solution": str(a + b), "messages": None} for a in range(4) for b in range(4)]
+    path = folder / "data.jsonl"
+    import json
+
+    path.write_text("".join(json.dumps({k: v for k, v in row.items() if v is not None}) + "\n" for row in rows))
+    return path
+
+
+def run_one(argv: list[str], workdir: Path, timeout: int) -> tuple[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["PYTHONPATH"] = str(REPO)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "swift_cispo", "rlhf", *argv], cwd=workdir, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "failed", f"timed out after {timeout} s"
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("swift rlhf: error")]
+    if proc.returncode == 0:
+        return "trained", ""
+    if proc.returncode == 2 and errors and "Traceback" not in proc.stderr:
+        return "refused", errors[-1].split("error: ", 1)[-1]
+    tail = (errors or proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return "failed", f"exit {proc.returncode}: {tail[:300]}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="local model folder standing in for every --model")
+    parser.add_argument("--only", nargs="*", help="run only scripts whose file name contains one of these")
+    parser.add_argument("--timeout", type=int, default=900)
+    args = parser.parse_args()
+    scripts = sorted(p for p in FIXTURES.glob("*.sh") if not args.only or any(o in p.name for o in args.only))
+    counts = {"trained": 0, "refused": 0, "failed": 0}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        # ms-swift's scripts run from its repository root and name files under examples/train/grpo/
+        grpo = work / "examples" / "train" / "grpo"
+        grpo.mkdir(parents=True)
+        shutil.copy(FIXTURES / "prompt.txt", grpo / "prompt.txt")
+        dataset = write_dataset(work)
+        for script in scripts:
+            for number, argv in enumerate(command_lines(script)):
+                argv = swap_model_and_dataset(argv, str(Path(args.model).resolve()), str(dataset))
+                out = work / f"out-{script.stem}-{number}"
+                outcome, detail = run_one([*argv, *SMALL_RUN, "--output_dir", str(out)], work, args.timeout)
+                counts[outcome] += 1
+                print(f"{outcome:8} {script.name}#{number + 1}  {detail}", flush=True)
+    total = sum(counts.values())
+    print(f"\n{counts['trained']} of {total} trained, {counts['refused']} refused with a sentence, {counts['failed']} failed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
