@@ -51,7 +51,9 @@ def apply_max_length(dataset, tokenizer, max_length: int | None, strategy: str, 
              for i in long_rows}
     # a column holds one type: every prompt becomes text when any must (the short ones rendered unchanged)
     rendered = [texts[i] if i in long_set else _render(tokenizer, p, chat_template_kwargs) for i, p in enumerate(dataset["prompt"])]
-    return dataset.remove_columns("prompt").add_column("prompt", rendered), len(long_rows)
+    retyped = dataset.map(lambda _, i: {"prompt": rendered[i]}, with_indices=True, remove_columns=["prompt"],
+                          desc="left-truncating long prompts")
+    return retyped, len(long_rows)
 
 
 def _render(tokenizer, prompt, chat_template_kwargs: dict | None) -> str:

@@ -244,6 +244,8 @@ TRAINING_FLAGS = (
     "beta",
     "num_iterations",
     "scale_rewards",
+    "advantage_estimator",
+    "kl_in_reward",
     "reward_weights",
     "mask_truncated_completions",
     "delta",

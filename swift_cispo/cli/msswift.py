@@ -100,17 +100,6 @@ class MsSwiftArguments:
         metadata={"help": "ms-swift: move the optimizer state to CPU memory while vLLM generates. On a CPU-only run it "
                   "is already there (no effect); on a GPU not built yet (use --deepspeed zero2_offload)."},
     )
-    advantage_estimator: str = field(
-        default="grpo",
-        metadata={"help": "How rewards become advantages. 'grpo': group-relative (r - group mean, scaled by "
-                  "--scale_rewards). 'rloo' and 'reinforce_plus_plus' are not built yet.",
-                  "choices": ["grpo", "rloo", "reinforce_plus_plus"]},
-    )
-    kl_in_reward: bool | None = field(
-        default=None,
-        metadata={"help": "ms-swift: subtract beta * KL from the reward instead of adding a KL loss term. Default "
-                  "false (with --advantage_estimator grpo); true is not built yet."},
-    )
 
 
 def _declared_help(flag: MsSwiftFlag) -> str:
@@ -182,10 +171,7 @@ def apply(ms, model_args, data_args, train_args, given: set[str]) -> list[str]:
         if "warmup_steps" in given:
             raise UserError("give --warmup_ratio or --warmup_steps, not both")
         train_args.warmup_steps = ms.warmup_ratio  # transformers 5 reads a float in [0, 1) as a ratio
-    if ms.advantage_estimator != "grpo":
-        raise UserError(f"--advantage_estimator {ms.advantage_estimator} is not built yet: only grpo (group-relative advantages) runs here")
-    if ms.kl_in_reward:
-        raise UserError("--kl_in_reward true is not built yet: the KL term (--beta) is a loss term here")
+    _estimator_defaults(train_args, given)
     if ms.offload_optimizer and has_cuda:
         raise UserError("--offload_optimizer on a GPU is not built yet; keep the optimizer state in CPU memory with --deepspeed zero2_offload or zero3_offload")
     if ms.offload_optimizer:
@@ -208,6 +194,19 @@ def apply(ms, model_args, data_args, train_args, given: set[str]) -> list[str]:
     if data_args.stop_words and not train_args.use_vllm:
         raise UserError("--stop_words needs vLLM rollouts here (--use_vllm true); stopping transformers' generate on strings is not built yet")
     return notes
+
+
+def _estimator_defaults(train_args, given: set[str]) -> None:
+    """ms-swift binds --scale_rewards' and --kl_in_reward's defaults to --advantage_estimator."""
+    from ..rewards.advantages import DEFAULT_SCALE
+
+    estimator = train_args.advantage_estimator
+    if "scale_rewards" not in given:
+        train_args.scale_rewards = DEFAULT_SCALE[estimator]
+    if "kl_in_reward" not in given:
+        train_args.kl_in_reward = estimator != "grpo"
+    if train_args.loss_type == "sapo" and min(train_args.sapo_temperature_pos, train_args.sapo_temperature_neg) <= 0:
+        raise UserError("--tau_pos and --tau_neg (SAPO's gate temperatures) must be > 0")
 
 
 def _offload_and_sleep(train_args, has_cuda: bool) -> list[str]:

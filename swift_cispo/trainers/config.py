@@ -170,6 +170,24 @@ class GRPOConfig(TRLGRPOConfig):
         default=False,
         metadata={"help": "Colocate mode on a GPU: move the training model to CPU memory while vLLM generates."},
     )
+    advantage_estimator: str = field(
+        default="grpo",
+        metadata={
+            "help": "How rewards become advantages (ms-swift's names). 'grpo': r - group mean; 'rloo': r minus the mean "
+            "of the group's other rewards (leave-one-out); 'reinforce_plus_plus': r - group mean, scaled by the batch "
+            "std of the advantages. --scale_rewards applies to each; the CLI's default for it follows ms-swift "
+            "(group, none, batch). See swift_cispo/rewards/advantages.py.",
+            "choices": ["grpo", "rloo", "reinforce_plus_plus"],
+        },
+    )
+    kl_in_reward: bool = field(
+        default=False,
+        metadata={
+            "help": "With --beta > 0: subtract beta * KL(old policy || reference), summed over each completion's tokens, "
+            "from its reward before the advantages (PPO's reward shaping), instead of adding a KL term to the loss. "
+            "ms-swift's default: true for rloo and reinforce_plus_plus (the CLI follows it), false for grpo."
+        },
+    )
     # Run state and records (the CLI's meaning; the Python API passes the checkpoint to trainer.train())
     resume_from_checkpoint: str | None = field(
         default=None,

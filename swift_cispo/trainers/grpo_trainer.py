@@ -27,6 +27,7 @@ from ..callbacks import COMPLETIONS_FILE, NonFiniteGradientGuard, append_jsonl, 
 from ..checkpoints import load_rollout_state, save_rollout_state, saved_rollout_ranks
 from ..cli.outputs import remove_if_empty
 from ..errors import NonFiniteError
+from .advantages import AdvantageEstimatorMixin
 from ..losses import LossConfig, ReductionContext, get_loss, k3_kl, log_importance_ratio, rollout_correction
 from ..losses.reduction import REDUCTIONS
 from .config import GRPOConfig
@@ -34,7 +35,7 @@ from .config import GRPOConfig
 logger = logging.getLogger("swift_cispo")
 
 
-class GRPOTrainer(TRLGRPOTrainer):
+class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
     """GRPO-family trainer whose policy loss is looked up by ``args.loss_type`` in the loss registry.
 
     Subclass it like TRL's trainer. To change the loss, register one
@@ -143,7 +144,7 @@ class GRPOTrainer(TRLGRPOTrainer):
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         if type(self).compute_rewards is GRPOTrainer.compute_rewards:
-            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            return self._remember_rewards(super()._calculate_rewards(inputs, prompts, completions, completion_ids_list))
         rewards = self.compute_rewards(inputs, prompts, completions, completion_ids_list)
         expected = (len(prompts), len(self.reward_funcs))
         if not isinstance(rewards, torch.Tensor) or tuple(rewards.shape) != expected:
@@ -154,7 +155,7 @@ class GRPOTrainer(TRLGRPOTrainer):
                 f"{type(self).__name__}.compute_rewards returned {shape}; it must return a tensor of shape {expected} "
                 "(one row per completion, one column per reward function)"
             )
-        return gather(rewards.to(device=self.accelerator.device, dtype=torch.float32))
+        return self._remember_rewards(gather(rewards.to(device=self.accelerator.device, dtype=torch.float32)))
 
     # ------------------------------------------------------------------ batching
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -282,7 +283,7 @@ class GRPOTrainer(TRLGRPOTrainer):
         if rollout_weight is not None:  # sampler-vs-trainer correction, separate from the loss's own weight
             per_token_loss = per_token_loss * rollout_weight
             self._log_token_means(mode, mask, **{"rollout_is/weight_mean": rollout_weight})
-        if self.beta != 0.0:
+        if self.beta != 0.0 and not self.args.kl_in_reward:  # with kl_in_reward the KL shaped the reward instead
             per_token_kl = k3_kl(log_probs, inputs["ref_per_token_logps"])
             if self.args.use_bias_correction_kl:
                 # DeepSeek-V3.2's unbiased reverse-KL gradient: the ratio is *not* detached, so it shapes
