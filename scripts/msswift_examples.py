@@ -55,6 +55,17 @@ def swap_model_and_dataset(argv: list[str], model: str, dataset: str) -> list[st
     return out
 
 
+def drop_flags(argv: list[str], names: list[str]) -> list[str]:
+    """Remove ``--NAME value...`` for each name (to check the rest of a command refused only for hardware)."""
+    out, skipping = [], False
+    for token in argv:
+        if token.startswith("--"):
+            skipping = token[2:] in names
+        if not skipping:
+            out.append(token)
+    return out
+
+
 def write_dataset(folder: Path) -> Path:
     rows = [{"prompt": f"{a}+{b}=", "solution": str(a + b), "messages": None} for a in range(4) for b in range(4)]
     path = folder / "data.jsonl"
@@ -86,6 +97,8 @@ def main() -> int:
     parser.add_argument("--model", required=True, help="local model folder standing in for every --model")
     parser.add_argument("--only", nargs="*", help="run only scripts whose file name contains one of these")
     parser.add_argument("--timeout", type=int, default=900)
+    parser.add_argument("--without", nargs="*", default=[], metavar="FLAG",
+                        help="also drop these flags (e.g. attn_impl on a machine without flash-attn); say so when reporting")
     args = parser.parse_args()
     scripts = sorted(p for p in FIXTURES.glob("*.sh") if not args.only or any(o in p.name for o in args.only))
     counts = {"trained": 0, "refused": 0, "failed": 0}
@@ -98,7 +111,7 @@ def main() -> int:
         dataset = write_dataset(work)
         for script in scripts:
             for number, argv in enumerate(command_lines(script)):
-                argv = swap_model_and_dataset(argv, str(Path(args.model).resolve()), str(dataset))
+                argv = drop_flags(swap_model_and_dataset(argv, str(Path(args.model).resolve()), str(dataset)), args.without)
                 out = work / f"out-{script.stem}-{number}"
                 outcome, detail = run_one([*argv, *SMALL_RUN, "--output_dir", str(out)], work, args.timeout)
                 counts[outcome] += 1

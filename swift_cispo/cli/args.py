@@ -334,7 +334,8 @@ _CLI_DEFAULTS = {"output_dir": None, "report_to": "none", "logging_steps": 5}
 # ms-swift's sleep_level 1 is accepted on the command line (see swift_cispo.cli.msswift); the Python API takes 0 or 2.
 _CLI_CHOICES = {"sleep_level": [0, 1, 2]}
 # ms-swift (and transformers) take several loggers: --report_to tensorboard wandb
-_CLI_TYPES = {"report_to": list[str]}
+# and several rollout servers (--vllm_server_host h1 h2 --vllm_server_port p1 p2), of which one is built here
+_CLI_TYPES = {"report_to": list[str], "vllm_server_host": list[str], "vllm_server_port": list[int]}
 
 
 def training_arguments_class() -> type:
@@ -354,10 +355,12 @@ def training_arguments_class() -> type:
         hint = _CLI_TYPES.get(name, hint)
         if name in _CLI_DEFAULTS:
             default = _CLI_DEFAULTS[name]
-            if hint is list[str]:
+            if hint in (list[str], list[int]):
                 new_field = field(default_factory=lambda default=default: [default], metadata=metadata)
             else:
                 new_field = field(default=default, metadata=metadata)
+        elif hint in (list[str], list[int]) and not isinstance(source.default, list):
+            new_field = field(default_factory=lambda default=source.default: [default], metadata=metadata)
         elif source.default_factory is not dataclasses.MISSING:
             new_field = field(default_factory=source.default_factory, metadata=metadata)
         else:

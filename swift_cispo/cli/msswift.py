@@ -172,6 +172,7 @@ def apply(ms, model_args, data_args, train_args, given: set[str]) -> list[str]:
             raise UserError("give --warmup_ratio or --warmup_steps, not both")
         train_args.warmup_steps = ms.warmup_ratio  # transformers 5 reads a float in [0, 1) as a ratio
     _estimator_defaults(train_args, given)
+    _one_rollout_server(train_args)
     if ms.offload_optimizer and has_cuda:
         raise UserError("--offload_optimizer on a GPU is not built yet; keep the optimizer state in CPU memory with --deepspeed zero2_offload or zero3_offload")
     if ms.offload_optimizer:
@@ -194,6 +195,16 @@ def apply(ms, model_args, data_args, train_args, given: set[str]) -> list[str]:
     if data_args.stop_words and not train_args.use_vllm:
         raise UserError("--stop_words needs vLLM rollouts here (--use_vllm true); stopping transformers' generate on strings is not built yet")
     return notes
+
+
+def _one_rollout_server(train_args) -> None:
+    """ms-swift takes lists of rollout servers; one is built here."""
+    for name in ("vllm_server_host", "vllm_server_port"):
+        values = getattr(train_args, name)
+        if isinstance(values, list):
+            if len(values) > 1:
+                raise UserError(f"--{name} with {len(values)} servers is not built yet: rollouts come from one `swift rollout` server here")
+            setattr(train_args, name, values[0])
 
 
 def _estimator_defaults(train_args, given: set[str]) -> None:
