@@ -269,3 +269,34 @@ def test_bad_reward_output_is_reported_with_the_function_name(tmp_path, tiny_mod
         "--reward_funcs", "wordy", "--output_dir", tmp_path / "o", *FAST, cwd=tmp_path,
     )  # fmt: skip
     assert_clean_error(result, "reward function 'wordy' returned str 'good' for completion 0")
+
+
+@pytest.mark.slow
+def test_wrong_flag_help_and_unknown_subcommand_import_neither_trl_nor_vllm(tmp_path):
+    """The answers that need no training load no TRL and no vLLM (TRL's config alone takes seconds)."""
+    script = (
+        "import contextlib, io, sys\n"
+        "from swift_cispo.cli.main import main\n"
+        "def heavy():\n"
+        "    return sorted(m for m in sys.modules if m.split('.')[0] in ('trl', 'vllm'))\n"
+        "for argv in (['rlhf', '--no_such_flag', '1'], ['rlhf', '--help'], ['no_such_subcommand']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        "        try:\n"
+        "            code = main(argv)\n"
+        "        except SystemExit as exit:\n"
+        "            code = exit.code\n"
+        "    print(' '.join(argv), code, heavy()[:3])\n"
+        "print('swift_cispo.trainers.grpo_trainer' in sys.modules, 'trl.trainer.grpo_trainer' in sys.modules,\n"
+        "      'trl.generation' in sys.modules, 'vllm' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == [
+        "rlhf --no_such_flag 1 2 []",
+        "rlhf --help 0 []",
+        "no_such_subcommand 2 []",
+        "False False False False",
+    ], result.stdout

@@ -34,3 +34,14 @@ def test_migration_guide_lists_every_catalogued_flag_once():
         assert text.count(f"| `--{name}` |") == 1, name
     for name in ("dataloader_num_workers", "warmup_ratio", "chord_mu_peak", "multi_turn_scheduler", "quant_bits"):
         assert f"| `--{name}` |" in text
+
+
+def test_stored_rlhf_flags_and_help_are_current():
+    """The unknown-flag and --help paths read rlhf_spec.json instead of importing TRL: it must be the real parser's."""
+    from swift_cispo.cli import spec
+
+    fresh = spec.render()
+    stored = spec.stored()
+    assert stored["flags"] == fresh["flags"], "swift_cispo/cli/rlhf_spec.json is stale: run `python scripts/gen_cli_reference.py`"
+    assert stored["help"] == fresh["help"], "swift_cispo/cli/rlhf_spec.json is stale: run `python scripts/gen_cli_reference.py`"
+    assert "--epsilon_high" in stored["flags"] and "--model" in stored["flags"]

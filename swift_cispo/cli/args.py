@@ -13,7 +13,6 @@ import typing
 from dataclasses import dataclass, field
 
 from ..rewards.builtin import Cosine, Format, Repetition
-from ..trainers.config import GRPOConfig
 
 
 def _reward_default(orm_class: type, parameter: str):
@@ -339,7 +338,13 @@ _CLI_TYPES = {"report_to": list[str], "vllm_server_host": list[str], "vllm_serve
 
 
 def training_arguments_class() -> type:
-    """A dataclass holding the :data:`TRAINING_FLAGS` fields of :class:`GRPOConfig`, same defaults and help."""
+    """A dataclass holding the :data:`TRAINING_FLAGS` fields of :class:`GRPOConfig`, same defaults and help.
+
+    TRL's config takes seconds to import, so it is imported here, when a command is parsed for real,
+    not when this module is (the unknown-flag and --help paths use :mod:`swift_cispo.cli.spec`).
+    """
+    from ..trainers.config import GRPOConfig
+
     hints = typing.get_type_hints(GRPOConfig)
     by_name = {f.name: f for f in dataclasses.fields(GRPOConfig)}
     spec = []
@@ -368,10 +373,6 @@ def training_arguments_class() -> type:
         spec.append((name, hint, new_field))
     return dataclasses.make_dataclass("TrainingArguments", spec)
 
-
-# Flags of ms-swift / TRL that users will try and that belong to features not built yet:
-# rejected with a sentence saying so rather than reported as unknown, or silently ignored.
-NOT_YET_SUPPORTED: dict[str, str] = {}
 
 #: ms-swift spells some flags two ways; the second name maps to the first.
 ALIASES = {

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from .parser import Parser, normalise_flags
+from .parser import make_parser, normalise_flags
 
 logger = logging.getLogger("swift_cispo")
 
@@ -47,7 +47,7 @@ class ExportArguments:
 
 
 def parse(argv: list[str]) -> ExportArguments:
-    parser = Parser((ExportArguments,), prog="swift export")
+    parser = make_parser((ExportArguments,), prog="swift export")
     argv = normalise_flags(argv)
     if "--help" in argv or "-h" in argv:
         parser.print_help()

@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from ..errors import UserError
+from ..errors import ReportedError
 
 SUBCOMMANDS = {
     "rlhf": "train a policy with CISPO or another GRPO-family loss",
@@ -53,8 +53,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"swift: error: unknown subcommand '{command}'; available: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
     _setup_logging()
-    from ..generation.client import RolloutServerError
-
     try:
         if command == "rollout":
             from . import rollout
@@ -67,12 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         from . import rlhf
 
         return rlhf.run(rest)
-    except UserError as err:
+    except ReportedError as err:  # bad input (2), or a failing rollout server (1): one sentence, no traceback
         _error(command, err)
-        return 2
-    except RolloutServerError as err:  # a failure of the environment, not of the command line
-        _error(command, err)
-        return 1
+        return err.exit_code
 
 
 def entry() -> None:

@@ -1,4 +1,8 @@
-"""Turning the command line (and YAML/JSON config files) into the argument dataclasses."""
+"""Turning the command line (and YAML/JSON config files) into the argument dataclasses.
+
+Only :func:`make_parser` imports transformers; the rest works on the tokens, so that an unknown flag
+is refused before any library is loaded.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +10,24 @@ import difflib
 import json
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
 from ..errors import UserError
-from .args import ALIASES, NOT_YET_SUPPORTED
+from .args import ALIASES
 
 
-class Parser(HfArgumentParser):
-    """HfArgumentParser whose errors become :class:`UserError` (one sentence, no usage dump)."""
+def make_parser(dataclass_types, prog: str):
+    """An HfArgumentParser over the dataclasses whose errors become :class:`UserError` (one sentence, no usage dump)."""
+    from transformers import HfArgumentParser
 
-    def __init__(self, dataclass_types, prog: str):
-        super().__init__(dataclass_types, prog=prog, allow_abbrev=False)
+    class Parser(HfArgumentParser):
+        def error(self, message):
+            raise UserError(message)
 
-    def error(self, message):
-        raise UserError(message)
+    return Parser(dataclass_types, prog=prog, allow_abbrev=False)
 
-    def flag_names(self) -> list[str]:
-        return sorted(opt for action in self._actions for opt in action.option_strings if opt.startswith("--"))
+
+def flag_names(parser) -> list[str]:
+    """Every ``--flag`` a parser accepts, sorted."""
+    return sorted(opt for action in parser._actions for opt in action.option_strings if opt.startswith("--"))
 
 
 def _config_to_argv(path_str: str) -> list[str]:
@@ -120,8 +125,6 @@ def reject_unsupported(argv: list[str], known: list[str]) -> None:
     for name in explicit_flags(argv):
         if f"--{name}" in known:
             continue
-        if name in NOT_YET_SUPPORTED:
-            raise UserError(f"--{name} is not supported yet ({NOT_YET_SUPPORTED[name]} are planned); remove the flag")
         close = difflib.get_close_matches(f"--{name}", known, n=1)
         hint = f"; did you mean {close[0]}?" if close else "; run 'swift rlhf --help' for the flags"
         raise UserError(f"unknown flag --{name}{hint}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-from .args import ALIASES, NOT_YET_SUPPORTED, DataArguments, ModelArguments, RLHFArguments, training_arguments_class
+from .args import ALIASES, DataArguments, ModelArguments, RLHFArguments, training_arguments_class
 
 _SECTIONS = (
     ("Model", ModelArguments),
@@ -63,15 +63,6 @@ def render() -> str:
     ]
     lines += ["## Aliases", ""]
     lines += [f"- `--{alias}` is `--{name}`" for alias, name in ALIASES.items()]
-    if NOT_YET_SUPPORTED:
-        lines += [
-            "",
-            "## Recognised but not available yet",
-            "",
-            "These ms-swift / TRL flags are rejected with a message rather than ignored:",
-            "",
-        ]
-        lines += [f"- `--{name}` ({feature})" for name, feature in sorted(NOT_YET_SUPPORTED.items())]
     lines += [
         "",
         "# `swift rollout` flags",

@@ -10,27 +10,31 @@ from ..errors import UserError
 from .args import ALIASES, DataArguments, ModelArguments, RLHFArguments, training_arguments_class
 from .model import check_model_source, load_model_and_tokenizer, lora_config
 from .outputs import launcher_output_dir, remove_if_empty, resolve_output_dir, worker_output_dir
-from .parser import Parser, expand_config_files, explicit_flags, normalise_flags, reject_unsupported
+from .parser import expand_config_files, explicit_flags, make_parser, normalise_flags, reject_unsupported
 
 logger = logging.getLogger("swift_cispo")
 
 
-def build_parser() -> Parser:
+def build_parser():
+    """The parser over every ``swift rlhf`` flag (imports TRL's config, for the training flags), the ms-swift
+    flags this CLI implements and, declared from the catalogue, the ms-swift flags it does not."""
     from . import msswift
 
     own = (ModelArguments, DataArguments, RLHFArguments, training_arguments_class(), msswift.MsSwiftArguments)
     implemented = {f.name for cls in own for f in dataclasses.fields(cls)} | set(ALIASES)
-    return Parser((*own, msswift.declared_arguments_class(implemented)), prog="swift rlhf")
+    return make_parser((*own, msswift.declared_arguments_class(implemented)), prog="swift rlhf")
 
 
 def parse(argv: list[str]):
     """Command line -> (model, data, rlhf, training) argument objects and whether it is the demo."""
+    from . import spec
+
     argv = normalise_flags(expand_config_files(argv))
-    parser = build_parser()
-    if "--help" in argv or "-h" in argv:
-        parser.print_help()
+    if "--help" in argv or "-h" in argv:  # answered from the stored text: no TRL import for --help
+        print(spec.stored()["help"], end="")
         raise SystemExit(0)
-    reject_unsupported(argv, parser.flag_names())
+    reject_unsupported(argv, spec.stored()["flags"])  # a wrong flag is refused before TRL is imported
+    parser = build_parser()
     given = explicit_flags(argv)
     demo = "model" not in given and "dataset" not in given
     if demo:

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..errors import UserError
-from .parser import Parser, normalise_flags
+from .parser import make_parser, normalise_flags
 
 logger = logging.getLogger("swift_cispo")
 
@@ -54,8 +54,8 @@ class RolloutArguments:
     )
 
 
-def build_parser() -> Parser:
-    return Parser((RolloutArguments,), prog="swift rollout")
+def build_parser():
+    return make_parser((RolloutArguments,), prog="swift rollout")
 
 
 def parse(argv: list[str]) -> RolloutArguments:

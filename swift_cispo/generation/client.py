@@ -8,11 +8,17 @@ from collections.abc import Iterable
 import requests
 import torch
 
+from ..errors import ReportedError
 from .wire import DEFAULT_BUCKET_BYTES, bucket_weights
 
 
-class RolloutServerError(RuntimeError):
-    """The rollout server is unreachable or failed; the message says which server and what to do."""
+class RolloutServerError(ReportedError, RuntimeError):
+    """The rollout server is unreachable or failed; the message says which server and what to do.
+
+    A failure of the environment, not of the command line: the CLI exits with status 1.
+    """
+
+    exit_code = 1
 
 
 class RolloutClient:
