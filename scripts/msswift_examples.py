@@ -23,6 +23,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "ms_swift_examples"
+#: ms-swift's example plugin files (examples/train/grpo/plugin/ there), where they are vendored.
+PLUGINS = REPO / "tests" / "fixtures" / "ms_swift_plugins"
 #: Appended to every command line: two optimizer steps of short completions.
 SMALL_RUN = ["--max_steps", "2", "--max_completion_length", "8", "--save_strategy", "no", "--report_to", "none",
              "--logging_steps", "1", "--dataloader_num_workers", "0"]
@@ -75,6 +77,49 @@ def write_dataset(folder: Path) -> Path:
     return path
 
 
+def flag_value(argv: list[str], name: str) -> str | None:
+    """The first value of ``--name`` in a command line, or None."""
+    if f"--{name}" not in argv:
+        return None
+    index = argv.index(f"--{name}") + 1
+    return argv[index] if index < len(argv) else None
+
+
+def server_ports(commands: list[list[str]]) -> list[int]:
+    """The local ports of the rollout servers the server-mode command lines expect."""
+    ports = set()
+    for argv in commands:
+        if flag_value(argv, "vllm_mode") != "server":
+            continue
+        port = flag_value(argv, "vllm_server_port") or "8000"
+        if port.isdigit():
+            ports.add(int(port))
+    return sorted(ports)
+
+
+def start_servers(ports: list[int], model: str, workdir: Path) -> list[subprocess.Popen]:
+    """One `swift rollout` per port, as the scripts' comments say to start first; waits until each answers."""
+    import time
+    import urllib.request
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    servers = []
+    for port in ports:
+        log = open(workdir / f"rollout-{port}.log", "w")
+        servers.append(subprocess.Popen([sys.executable, "-m", "swift_cispo", "rollout", "--model", model, "--port", str(port)],
+                                        cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT))
+    for port, server in zip(ports, servers):
+        deadline = time.time() + 600
+        while time.time() < deadline and server.poll() is None:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(2)
+        print(f"rollout server on port {port}: {'up' if server.poll() is None else 'exited'}", flush=True)
+    return servers
+
+
 def run_one(argv: list[str], workdir: Path, timeout: int) -> tuple[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env["PYTHONPATH"] = str(REPO)
@@ -108,17 +153,31 @@ def main() -> int:
         grpo = work / "examples" / "train" / "grpo"
         grpo.mkdir(parents=True)
         shutil.copy(FIXTURES / "prompt.txt", grpo / "prompt.txt")
+        if PLUGINS.is_dir():
+            shutil.copytree(PLUGINS, grpo / "plugin")
         dataset = write_dataset(work)
-        for script in scripts:
-            for number, argv in enumerate(command_lines(script)):
-                argv = drop_flags(swap_model_and_dataset(argv, str(Path(args.model).resolve()), str(dataset)), args.without)
-                out = work / f"out-{script.stem}-{number}"
-                outcome, detail = run_one([*argv, *SMALL_RUN, "--output_dir", str(out)], work, args.timeout)
-                counts[outcome] += 1
-                print(f"{outcome:8} {script.name}#{number + 1}  {detail}", flush=True)
+        model = str(Path(args.model).resolve())
+        plan = [(script, number, argv) for script in scripts for number, argv in enumerate(command_lines(script))]
+        servers = start_servers(server_ports([argv for _, _, argv in plan]), model, work)
+        try:
+            counts = run_all(plan, args, work, model, dataset, counts)
+        finally:
+            for server in servers:
+                server.terminate()
+                server.wait(timeout=60)
     total = sum(counts.values())
     print(f"\n{counts['trained']} of {total} trained, {counts['refused']} refused with a sentence, {counts['failed']} failed")
     return 0
+
+
+def run_all(plan, args, work: Path, model: str, dataset: Path, counts: dict) -> dict:
+    for script, number, argv in plan:
+        argv = drop_flags(swap_model_and_dataset(argv, model, str(dataset)), args.without)
+        out = work / f"out-{script.stem}-{number}"
+        outcome, detail = run_one([*argv, *SMALL_RUN, "--output_dir", str(out)], work, args.timeout)
+        counts[outcome] += 1
+        print(f"{outcome:8} {script.name}#{number + 1}  {detail}", flush=True)
+    return counts
 
 
 if __name__ == "__main__":
