@@ -3,7 +3,9 @@
 Each `swift rlhf` command of each vendored script is run as written, except: its environment prefix
 (CUDA_VISIBLE_DEVICES, NPROC_PER_NODE, NNODES...) is dropped so it runs as one process on this machine,
 --model and --dataset are replaced by local stand-ins, and small-run flags are appended (--max_steps 2,
-short completions, a fresh --output_dir) so that a CPU can run it. Prints one row per command line:
+--max_completion_length 8, --save_strategy no, --report_to none, a fresh --output_dir) so that a CPU can
+run it; the scripts' ms-swift plugin files are copied from tests/fixtures/ms_swift_plugins/ where vendored, and
+a `swift rollout` server of the stand-in model is started on each port the server-mode scripts name. Prints one row per command line:
 trained / refused (the one-sentence reason) / failed, and the counts.
 
     PYTHONPATH=$PWD nice -n 10 python scripts/msswift_examples.py --model MODEL_DIR [--only NAME ...]
@@ -25,9 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "ms_swift_examples"
 #: ms-swift's example plugin files (examples/train/grpo/plugin/ there), where they are vendored.
 PLUGINS = REPO / "tests" / "fixtures" / "ms_swift_plugins"
-#: Appended to every command line: two optimizer steps of short completions.
-SMALL_RUN = ["--max_steps", "2", "--max_completion_length", "8", "--save_strategy", "no", "--report_to", "none",
-             "--logging_steps", "1", "--dataloader_num_workers", "0"]
+#: Appended to every command line: two optimizer steps of short completions, no checkpoints, and no
+#: loggers (wandb/swanlab need accounts and a network this machine lacks).
+SMALL_RUN = ["--max_steps", "2", "--max_completion_length", "8", "--save_strategy", "no", "--report_to", "none"]
 
 
 def command_lines(script: Path) -> list[list[str]]:
