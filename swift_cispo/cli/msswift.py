@@ -38,6 +38,7 @@ class MsSwiftFlag:
     msswift_default: object
     status: str
     note: str
+    meaning: str = ""
 
 
 @functools.lru_cache(maxsize=1)
@@ -105,7 +106,8 @@ class MsSwiftArguments:
 def _declared_help(flag: MsSwiftFlag) -> str:
     what = {"no_effect": "accepted, no effect here", "refused": "only its ms-swift default is accepted",
             "not_built": "only its ms-swift default is accepted until it is built"}[flag.status]
-    return f"ms-swift {flag.section} flag (default {flag.msswift_default!r}); {what}: {flag.note}."
+    meaning = f"ms-swift: {flag.meaning}. " if flag.meaning else f"ms-swift {flag.section} flag. "
+    return f"{meaning}Default {flag.msswift_default!r}; {what}: {flag.note}."
 
 
 def declared_arguments_class(implemented: set[str]) -> type:

@@ -122,7 +122,7 @@ def render_migration() -> str:
         for f in flags.values():
             if f.section != section:
                 continue
-            note = " ".join(str(f.note).split()).replace("|", "\\|")
+            note = " ".join(f"{f.meaning + '. ' if f.meaning else ''}{f.note}".split()).replace("|", "\\|")
             lines.append(f"| `--{f.name}` | `{f.msswift_default!r}` | {_STATUS_WORDS[f.status]} | {note} |")
         lines.append("")
     return "\n".join(lines)
