@@ -97,3 +97,32 @@ def test_every_example_command_line_parses_or_names_a_missing_feature(tmp_path):
                 outcomes.append("refused")
     assert len(outcomes) == 37
     assert outcomes.count("parsed") >= 25
+
+
+def test_dataset_num_proc_formats_the_same_rows_and_names_a_bad_one(tmp_path):
+    from swift_cispo.data import load_datasets
+
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(f'{{"prompt": "{i}+1=", "solution": "{i + 1}"}}\n' for i in range(6)))
+    one = load_datasets([str(good)])
+    two = load_datasets([str(good)], map_options={"num_proc": 2, "load_from_cache_file": False})
+    assert one["prompt"] == two["prompt"] and one["solution"] == two["solution"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "1="}\n{"prompt": "2="}\n{"prompt": "3="}\n{"prompt": ""}\n')
+    with pytest.raises(UserError, match="row 4 has an empty prompt"):  # the row's place in the file, across processes
+        load_datasets([str(bad)], map_options={"num_proc": 2, "load_from_cache_file": False})
+
+
+def test_refusals_of_implemented_flags(tmp_path):
+    for extra, fragment in (
+        (["--sequence_parallel_size", "2"], "--sequence_parallel_size 2 is not built yet"),
+        (["--warmup_ratio", "1.5"], r"--warmup_ratio must be in \[0, 1\)"),
+        (["--warmup_ratio", "0.1", "--warmup_steps", "3"], "give --warmup_ratio or --warmup_steps, not both"),
+        (["--attn_impl", "flash_attn"], "needs a CUDA GPU|needs the flash_attn package"),
+        (["--stop_words", "Observation:"], "--stop_words needs vLLM rollouts"),
+        (["--truncation_strategy", "right"], "invalid choice: 'right'"),
+        (["--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_host", "a", "b"], "with 2 servers is not built yet"),
+        (["--loss_type", "sapo", "--tau_neg", "0"], "must be > 0"),
+    ):
+        with pytest.raises(UserError, match=fragment):
+            parse(base(tmp_path) + extra)
