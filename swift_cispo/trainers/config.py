@@ -209,7 +209,7 @@ class GRPOConfig(TRLGRPOConfig):
     deepspeed: str | None = field(  # the Python API also takes a config dict
         default=None,
         metadata={
-            "help": "DeepSpeed ZeRO: a built-in config (zero2, zero3, zero2_offload, zero3_offload: optimizer "
+            "help": "DeepSpeed ZeRO: a built-in config (zero0, zero1, zero2, zero3, zero2_offload, zero3_offload: optimizer "
             "state and, with offload, parameters kept in CPU memory) or a path to a DeepSpeed JSON config. Its "
             "'auto' values (batch sizes, accumulation, clipping, precision, optimizer) come from the other flags. "
             "Launch several processes with NPROC_PER_NODE=N; see docs/distributed.md."
