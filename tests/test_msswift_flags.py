@@ -123,6 +123,7 @@ def test_refusals_of_implemented_flags(tmp_path):
         (["--truncation_strategy", "right"], "invalid choice: 'right'"),
         (["--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_host", "a", "b"], "with 2 servers is not built yet"),
         (["--loss_type", "sapo", "--tau_neg", "0"], "must be > 0"),
+        (["--loss_type", "real"], "REAL is another algorithm this project does not implement"),
     ):
         with pytest.raises(UserError, match=fragment):
             parse(base(tmp_path) + extra)

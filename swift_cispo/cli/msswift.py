@@ -218,6 +218,10 @@ def _estimator_defaults(train_args, given: set[str]) -> None:
         train_args.scale_rewards = DEFAULT_SCALE[estimator]
     if "kl_in_reward" not in given:
         train_args.kl_in_reward = estimator != "grpo"
+    other = {"real": "REAL", "fipo": "FIPO", "vespo": "VESPO", "luspo": "LUSPO"}
+    if train_args.loss_type in other:
+        raise UserError(f"--loss_type {train_args.loss_type}: {other[train_args.loss_type]} is another algorithm this project does not implement; "
+                        "choose cispo, grpo, bnpo, dr_grpo, dapo or sapo")
     if train_args.loss_type == "sapo" and min(train_args.sapo_temperature_pos, train_args.sapo_temperature_neg) <= 0:
         raise UserError("--tau_pos and --tau_neg (SAPO's gate temperatures) must be > 0")
 
