@@ -93,8 +93,9 @@ class MsSwiftArguments:
     )
     log_rollout_offpolicy_metrics: bool = field(
         default=False,
-        metadata={"help": "Log the sampler/trainer mismatch. Here it is logged whenever the sampler's log-probs exist "
-                  "(vLLM rollouts), with or without this flag."},
+        metadata={"help": "Log the sampler/trainer mismatch. Here every vLLM rollout logs it, with or without this flag, "
+                  "as sampling/sampling_logp_difference/mean and /max (TRL's); ms-swift's KL, PPL and chi-squared "
+                  "diagnostics are not computed."},
     )
     offload_optimizer: bool = field(
         default=False,
@@ -184,7 +185,7 @@ def apply(ms, model_args, data_args, train_args, given: set[str]) -> list[str]:
                        ("vllm_enable_lora", "LoRA runs sync merged weights to vLLM"),
                        ("vllm_server_pass_dataset", "no server-side multi-turn scheduler exists here"),
                        ("log_entropy", "entropy is always logged"),
-                       ("log_rollout_offpolicy_metrics", "the sampler mismatch is logged whenever vLLM log-probs exist")):
+                       ("log_rollout_offpolicy_metrics", "every vLLM rollout logs sampling/sampling_logp_difference/mean and /max; ms-swift's KL/PPL/chi-squared diagnostics are not computed")):
         if name in given and getattr(ms, name) not in (None, False):
             notes.append(f"--{name}: {text}")
     notes += _offload_and_sleep(train_args, has_cuda)
