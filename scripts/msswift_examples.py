@@ -6,7 +6,8 @@ Each `swift rlhf` command of each vendored script is run as written, except: its
 --max_completion_length 8, --save_strategy no, --report_to none, a fresh --output_dir) so that a CPU can
 run it; the scripts' ms-swift plugin files are copied from tests/fixtures/ms_swift_plugins/ where vendored, and
 a `swift rollout` server of the stand-in model is started on each port the server-mode scripts name. Prints one row per command line:
-trained / refused (the one-sentence reason) / failed, and the counts.
+trained / refused (the one-sentence reason) / failed / placeholder (the script leaves a value such as
+<node1_ip> or xxx to fill in, so it is not run), and the counts.
 
     PYTHONPATH=$PWD nice -n 10 python scripts/msswift_examples.py --model MODEL_DIR [--only NAME ...]
 """
@@ -122,6 +123,11 @@ def start_servers(ports: list[int], model: str, workdir: Path) -> list[subproces
     return servers
 
 
+def placeholder(argv: list[str]) -> str | None:
+    """A value the script leaves for the reader to fill in (``<node1_ip>``, ``xxx``): not runnable as written."""
+    return next((token for token in argv if re.fullmatch(r"<[^>]+>|x{3,}(\.x{3,})*", token)), None)
+
+
 def run_one(argv: list[str], workdir: Path, timeout: int) -> tuple[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env["PYTHONPATH"] = str(REPO)
@@ -148,7 +154,7 @@ def main() -> int:
                         help="also drop these flags (e.g. attn_impl on a machine without flash-attn); say so when reporting")
     args = parser.parse_args()
     scripts = sorted(p for p in FIXTURES.glob("*.sh") if not args.only or any(o in p.name for o in args.only))
-    counts = {"trained": 0, "refused": 0, "failed": 0}
+    counts = {"trained": 0, "refused": 0, "failed": 0, "placeholder": 0}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         # ms-swift's scripts run from its repository root and name files under examples/train/grpo/
@@ -168,7 +174,8 @@ def main() -> int:
                 server.terminate()
                 server.wait(timeout=60)
     total = sum(counts.values())
-    print(f"\n{counts['trained']} of {total} trained, {counts['refused']} refused with a sentence, {counts['failed']} failed")
+    print(f"\n{counts['trained']} of {total} trained, {counts['refused']} refused with a sentence, {counts['failed']} failed, "
+          f"{counts['placeholder']} not runnable as written (placeholders)")
     return 0
 
 
@@ -176,7 +183,11 @@ def run_all(plan, args, work: Path, model: str, dataset: Path, counts: dict) -> 
     for script, number, argv in plan:
         argv = drop_flags(swap_model_and_dataset(argv, model, str(dataset)), args.without)
         out = work / f"out-{script.stem}-{number}"
-        outcome, detail = run_one([*argv, *SMALL_RUN, "--output_dir", str(out)], work, args.timeout)
+        blank = placeholder(argv)
+        if blank:
+            outcome, detail = "placeholder", f"the script leaves {blank} to fill in (ms-swift cannot run it as written either)"
+        else:
+            outcome, detail = run_one([*argv, *SMALL_RUN, "--output_dir", str(out)], work, args.timeout)
         counts[outcome] += 1
         print(f"{outcome:8} {script.name}#{number + 1}  {detail}", flush=True)
     return counts

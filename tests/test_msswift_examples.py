@@ -39,3 +39,9 @@ def test_example_trains_or_is_refused_with_its_reason(script, expected, tiny_mod
     assert row.startswith(expected), row
     if expected == "refused":
         assert "not supported here" in row or "not built yet" in row, row
+
+
+def test_placeholders_are_recognised():
+    assert msswift_examples.placeholder(["--vllm_server_host", "xxx"]) == "xxx"
+    assert msswift_examples.placeholder(["--vllm_server_host", "<node1_ip>", "<node2_ip>"]) == "<node1_ip>"
+    assert msswift_examples.placeholder(["--vllm_server_host", "127.0.0.1", "--system", "prompt.txt"]) is None
