@@ -40,7 +40,10 @@ def command_lines(script: Path) -> list[list[str]]:
     for line in text.splitlines():
         match = re.match(r"^\s*(?:[A-Z_0-9]+=\S*\s+)*swift rlhf\s+(.*)$", line)
         if match:
-            commands.append(shlex.split(match.group(1), comments=True))
+            tokens = shlex.split(match.group(1))
+            # a shell comment starts a word with '#'; a '#' inside a word ('data.jsonl#1000') is not one
+            end = next((i for i, token in enumerate(tokens) if token.startswith("#")), len(tokens))
+            commands.append(tokens[:end])
     return commands
 
 

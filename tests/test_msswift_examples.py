@@ -20,6 +20,13 @@ def test_the_vendored_scripts_hold_37_command_lines():
         assert script.read_text().startswith("# Vendored verbatim from modelscope/ms-swift")
 
 
+def test_a_hash_inside_a_value_is_not_a_comment():
+    """'NuminaMath-TIR#10000' samples rows; the flags after it belong to the command."""
+    argv = msswift_examples.command_lines(msswift_examples.FIXTURES / "internal__gspo.sh")[0]
+    assert argv[argv.index("--dataset") + 1] == "AI-MO/NuminaMath-TIR#10000"
+    assert argv[-4:] == ["--deepspeed", "zero3", "--log_completions", "true"]
+
+
 def test_swap_replaces_every_dataset_value():
     argv = ["--model", "Qwen/x", "--dataset", "a", "b", "--beta", "0"]
     assert msswift_examples.swap_model_and_dataset(argv, "M", "D") == ["--model", "M", "--dataset", "D", "--beta", "0"]
