@@ -164,7 +164,6 @@ def test_unknown_flag_suggests_the_right_one(tmp_path):
         (["--columns", "question=prompt"], ["--columns must be a JSON object of old -> new column names"]),
         (["--columns", '{"questoin": "prompt"}'], ["--columns renames 'questoin', which no dataset has", "answer, prompt"]),
         (["--split_dataset_ratio", "1.5"], ["--split_dataset_ratio must be at least 0 and below 1, got 1.5"]),
-        (["--eval_strategy", "steps"], ["--eval_strategy steps needs an evaluation set", "--split_dataset_ratio"]),
         (["--num_generations", "1", "--per_device_train_batch_size", "4"], ["at least 2 generations"]),
         (["--num_generations", "two"], ["--num_generations", "invalid int value"]),
         (["--external_plugins", "missing_plugin.py"], ["plugin file missing_plugin.py does not exist"]),

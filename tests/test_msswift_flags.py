@@ -60,8 +60,20 @@ def test_no_effect_flag_is_logged(tmp_path, caplog):
     logging.getLogger("swift_cispo").propagate = True
     parse(base(tmp_path) + ["--model_type", "qwen2_5", "--move_model_batches", "16"])
     text = caplog.text
-    assert "accepted, no effect here: --model_type" in text
-    assert "accepted, no effect here: --move_model_batches" in text
+    assert "ms-swift flag --model_type: no effect here: the architecture is read" in text
+    assert "ms-swift flag --move_model_batches: no effect here: weights are synced" in text
+
+
+def test_evaluation_without_an_evaluation_set_is_off_as_in_ms_swift(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="swift_cispo")
+    logging.getLogger("swift_cispo").propagate = True
+    train = parse(base(tmp_path) + ["--eval_strategy", "steps", "--eval_steps", "1000"])[3]
+    assert str(getattr(train.eval_strategy, "value", train.eval_strategy)) == "no"
+    assert "there is no evaluation set (--split_dataset_ratio 0), so evaluation is off" in caplog.text
+    train = parse(base(tmp_path) + ["--eval_strategy", "steps", "--split_dataset_ratio", "0.5"])[3]
+    assert str(getattr(train.eval_strategy, "value", train.eval_strategy)) == "steps"
 
 
 def test_ms_swift_spellings_reach_the_config(tmp_path):

@@ -152,7 +152,7 @@ def check_declared(declared) -> list[str]:
             continue
         flag = flags[name]
         if flag.status == "no_effect":
-            notes.append(f"--{name}: {flag.note}")
+            notes.append(f"--{name}: no effect here: {flag.note}")
         elif not _same_value(tokens, flag.msswift_default):
             given = " ".join(tokens)
             lead = "is not built yet" if flag.status == "not_built" else "is not supported here"
@@ -175,11 +175,12 @@ def apply(ms, model_args, data_args, train_args, given: set[str]) -> list[str]:
             raise UserError("give --warmup_ratio or --warmup_steps, not both")
         train_args.warmup_steps = ms.warmup_ratio  # transformers 5 reads a float in [0, 1) as a ratio
     _estimator_defaults(train_args, given)
+    notes += _evaluation_without_data(train_args, data_args)
     _one_rollout_server(train_args)
     if ms.offload_optimizer and has_cuda:
         raise UserError("--offload_optimizer on a GPU is not built yet; keep the optimizer state in CPU memory with --deepspeed zero2_offload or zero3_offload")
     if ms.offload_optimizer:
-        notes.append("--offload_optimizer: this run has no GPU, the optimizer state already lives in CPU memory")
+        notes.append("--offload_optimizer: no effect here: this run has no GPU, the optimizer state already lives in CPU memory")
     for name, text in (("padding_free", "batches are padded here (same loss, no memory saved)"),
                        ("move_model_batches", "weights are synced to vLLM as one state dict or by --vllm_weight_transport"),
                        ("vllm_enable_lora", "LoRA runs sync merged weights to vLLM"),
@@ -187,7 +188,7 @@ def apply(ms, model_args, data_args, train_args, given: set[str]) -> list[str]:
                        ("log_entropy", "entropy is always logged"),
                        ("log_rollout_offpolicy_metrics", "every vLLM rollout logs sampling/sampling_logp_difference/mean and /max; ms-swift's KL/PPL/chi-squared diagnostics are not computed")):
         if name in given and getattr(ms, name) not in (None, False):
-            notes.append(f"--{name}: {text}")
+            notes.append(f"--{name}: no effect here: {text}")
     notes += _offload_and_sleep(train_args, has_cuda)
     _attention(model_args, has_cuda)
     _system_file(data_args)
@@ -198,6 +199,16 @@ def apply(ms, model_args, data_args, train_args, given: set[str]) -> list[str]:
     if data_args.stop_words and not train_args.use_vllm:
         raise UserError("--stop_words needs vLLM rollouts here (--use_vllm true); stopping transformers' generate on strings is not built yet")
     return notes
+
+
+def _evaluation_without_data(train_args, data_args) -> list[str]:
+    """ms-swift turns evaluation off when there is nothing to evaluate on (its examples set eval_strategy anyway)."""
+    strategy = str(getattr(train_args.eval_strategy, "value", train_args.eval_strategy))
+    if strategy == "no" or data_args.split_dataset_ratio > 0:
+        return []
+    train_args.eval_strategy = "no"
+    return [f"--eval_strategy {strategy}: there is no evaluation set (--split_dataset_ratio 0), so evaluation is off, as in "
+            "ms-swift; hold rows out with --split_dataset_ratio to evaluate"]
 
 
 def _one_rollout_server(train_args) -> None:
@@ -244,7 +255,7 @@ def _offload_and_sleep(train_args, has_cuda: bool) -> list[str]:
         train_args.sleep_level = 2
     if train_args.offload_model and not (colocate and has_cuda):
         where = "this run has no GPU, the model already lives in CPU memory" if not has_cuda else "vLLM does not share this process's GPU"
-        notes.append(f"--offload_model: {where}")
+        notes.append(f"--offload_model: no effect here: {where}")
         train_args.offload_model = False
     return notes
 
@@ -286,4 +297,4 @@ def template_config(data_args, use_vllm: bool) -> dict:
 
 def log_notes(notes: list[str]) -> None:
     for note in notes:
-        logger.info("accepted, no effect here: %s", note)
+        logger.info("ms-swift flag %s", note)

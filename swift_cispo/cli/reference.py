@@ -105,7 +105,7 @@ def render_migration() -> str:
         "",
         "- **supported**: same meaning (the flag's help is in docs/cli.md); **supported, with a difference**: the",
         "  difference is in the last column.",
-        "- **accepted, no effect here**: taken, and the start-up log says `accepted, no effect here: --FLAG: why`.",
+        "- **accepted, no effect here**: taken, and the start-up log says `ms-swift flag --FLAG: no effect here: why`.",
         "- **refused unless at its default** / **not built yet**: the ms-swift default is accepted (so a script that",
         "  spells it out runs); any other value stops the run before any compute with one sentence naming the flag",
         "  and the reason below (another algorithm, hardware this machine lacks, or a feature not built yet).",

@@ -159,10 +159,6 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, rlhf_args: RLH
 
     columns = parse_columns(data_args.columns)
     peft_config = lora_config(model_args)
-    if _strategy(train_args.eval_strategy) != "no" and data_args.split_dataset_ratio == 0:
-        raise UserError(
-            f"--eval_strategy {_strategy(train_args.eval_strategy)} needs an evaluation set: hold one out with --split_dataset_ratio"
-        )
     if not rlhf_args.reward_funcs:
         raise UserError(f"--reward_funcs is required: name at least one reward (available: {', '.join(sorted(orms))})")
     reward_funcs = [reward_function(name, reward_options(rlhf_args, train_args)) for name in rlhf_args.reward_funcs]
