@@ -143,7 +143,7 @@ def run_one(argv: list[str], workdir: Path, timeout: int) -> tuple[str, str]:
     if proc.returncode == 0:
         return "trained", ""
     if proc.returncode == 2 and errors and "Traceback" not in proc.stderr:
-        return "refused", errors[-1].split("error: ", 1)[-1]
+        return "refused", errors[0].split("error: ", 1)[-1]  # a worker's own sentence comes before its launcher's
     tail = (errors or proc.stderr.strip().splitlines() or ["no output"])[-1]
     return "failed", f"exit {proc.returncode}: {tail[:300]}"
 
