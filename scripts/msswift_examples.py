@@ -1,15 +1,18 @@
 """Run ms-swift's GRPO example command lines (tests/fixtures/ms_swift_examples/) through this `swift rlhf`.
 
-Each `swift rlhf` command of each vendored script is run as written, except: its environment prefix
-(CUDA_VISIBLE_DEVICES, NPROC_PER_NODE, NNODES...) is dropped so it runs as one process on this machine,
---model and --dataset are replaced by local stand-ins, and small-run flags are appended (--max_steps 2,
---max_completion_length 8, --save_strategy no, --report_to none, a fresh --output_dir) so that a CPU can
-run it; the scripts' ms-swift plugin files are copied from tests/fixtures/ms_swift_plugins/ where vendored, and
-a `swift rollout` server of the stand-in model is started on each port the server-mode scripts name. Prints one row per command line:
-trained / refused (the one-sentence reason) / failed / placeholder (the script leaves a value such as
-<node1_ip> or xxx to fill in, so it is not run), and the counts.
+Each `swift rlhf` command of each vendored script runs as written, except that:
+- --model and --dataset are replaced by local stand-ins (the hub is unreachable);
+- small-run flags are appended: --max_steps 2 --max_completion_length 8 --save_strategy no --report_to none
+  and a fresh --output_dir, so that a CPU can run it;
+- its environment prefix (CUDA_VISIBLE_DEVICES, NPROC_PER_NODE, NNODES...) is dropped; with --nproc N (default
+  1) the command runs in N processes and --per_device_train_batch_size is scaled by NPROC_PER_NODE / N, so the
+  rollout batch (and its divisibility by --num_generations) is the script's; --nproc script runs as written.
+The scripts' ms-swift plugin files are copied from tests/fixtures/ms_swift_plugins/ where vendored, and a
+`swift rollout` server of the stand-in model is started on each port the server-mode scripts name.
+Prints one row per command line: trained / refused (the one-sentence reason) / failed / placeholder (the
+script leaves a value such as <node1_ip> or xxx to fill in, so it is not run), and the counts.
 
-    PYTHONPATH=$PWD nice -n 10 python scripts/msswift_examples.py --model MODEL_DIR [--only NAME ...]
+    PYTHONPATH=$PWD nice -n 10 python scripts/msswift_examples.py --model MODEL_DIR [--only NAME ...] [--logs DIR]
 """
 
 from __future__ import annotations
@@ -131,14 +134,37 @@ def placeholder(argv: list[str]) -> str | None:
     return next((token for token in argv if re.fullmatch(r"<[^>]+>|x{3,}(\.x{3,})*", token)), None)
 
 
-def run_one(argv: list[str], workdir: Path, timeout: int) -> tuple[str, str]:
+def script_nproc(script: Path) -> int:
+    match = re.search(r"NPROC_PER_NODE=(\d+)", script.read_text(encoding="utf-8"))
+    return int(match.group(1)) if match else 1
+
+
+def with_processes(argv: list[str], script_processes: int, processes: int) -> list[str]:
+    """Scale --per_device_train_batch_size so that ``processes`` generate the rollout batch ``script_processes`` would."""
+    if processes == script_processes or script_processes % processes:
+        return argv
+    factor = script_processes // processes
+    out = list(argv)
+    if "--per_device_train_batch_size" in out:
+        index = out.index("--per_device_train_batch_size") + 1
+        out[index] = str(int(out[index]) * factor)
+    else:
+        out += ["--per_device_train_batch_size", str(factor)]
+    return out
+
+
+def run_one(argv: list[str], workdir: Path, timeout: int, processes: int = 1, log: Path | None = None) -> tuple[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env["PYTHONPATH"] = str(REPO)
+    if processes > 1:
+        env["NPROC_PER_NODE"] = str(processes)
     try:
         proc = subprocess.run([sys.executable, "-m", "swift_cispo", "rlhf", *argv], cwd=workdir, env=env,
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return "failed", f"timed out after {timeout} s"
+    if log is not None:
+        log.write_text(proc.stderr, encoding="utf-8")
     errors = [line for line in proc.stderr.splitlines() if line.startswith("swift rlhf: error")]
     if proc.returncode == 0:
         return "trained", ""
@@ -153,9 +179,18 @@ def main() -> int:
     parser.add_argument("--model", required=True, help="local model folder standing in for every --model")
     parser.add_argument("--only", nargs="*", help="run only scripts whose file name contains one of these")
     parser.add_argument("--timeout", type=int, default=900)
+    parser.add_argument("--nproc", default="1",
+                        help="processes per command: 'script' (the script's NPROC_PER_NODE, as written) or a number N; with N, "
+                        "--per_device_train_batch_size is scaled by NPROC_PER_NODE / N so the rollout batch is the script's "
+                        "(default 1, for a small machine)")
+    parser.add_argument("--logs", type=Path, help="write each command's stderr to this folder")
     parser.add_argument("--without", nargs="*", default=[], metavar="FLAG",
                         help="also drop these flags (e.g. attn_impl on a machine without flash-attn); say so when reporting")
     args = parser.parse_args()
+    if args.logs:
+        args.logs.mkdir(parents=True, exist_ok=True)
+    print(f"processes per command: {args.nproc}" + ("" if args.nproc == "script" else
+          " (--per_device_train_batch_size scaled by the script's NPROC_PER_NODE / that, so the rollout batch is the script's)"), flush=True)
     scripts = sorted(p for p in FIXTURES.glob("*.sh") if not args.only or any(o in p.name for o in args.only))
     counts = {"trained": 0, "refused": 0, "failed": 0, "placeholder": 0}
     with tempfile.TemporaryDirectory() as tmp:
@@ -187,10 +222,14 @@ def run_all(plan, args, work: Path, model: str, dataset: Path, counts: dict) -> 
         argv = drop_flags(swap_model_and_dataset(argv, model, str(dataset)), args.without)
         out = work / f"out-{script.stem}-{number}"
         blank = placeholder(argv)
+        written = script_nproc(script)
+        processes = written if args.nproc == "script" else int(args.nproc)
+        argv = with_processes(argv, written, processes)
+        log = args.logs / f"{script.stem}-{number + 1}.log" if args.logs else None
         if blank:
             outcome, detail = "placeholder", f"the script leaves {blank} to fill in (ms-swift cannot run it as written either)"
         else:
-            outcome, detail = run_one([*argv, *SMALL_RUN, "--output_dir", str(out)], work, args.timeout)
+            outcome, detail = run_one([*argv, *SMALL_RUN, "--output_dir", str(out)], work, args.timeout, processes, log)
         counts[outcome] += 1
         print(f"{outcome:8} {script.name}#{number + 1}  {detail}", flush=True)
     return counts

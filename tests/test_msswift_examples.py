@@ -52,3 +52,10 @@ def test_placeholders_are_recognised():
     assert msswift_examples.placeholder(["--vllm_server_host", "xxx"]) == "xxx"
     assert msswift_examples.placeholder(["--vllm_server_host", "<node1_ip>", "<node2_ip>"]) == "<node1_ip>"
     assert msswift_examples.placeholder(["--vllm_server_host", "127.0.0.1", "--system", "prompt.txt"]) is None
+
+
+def test_one_process_keeps_the_scripts_rollout_batch():
+    argv = ["--per_device_train_batch_size", "2", "--num_generations", "8"]
+    assert msswift_examples.with_processes(argv, 6, 1)[1] == "12"  # 2 x 6 processes, as grpo_7b.sh generates
+    assert msswift_examples.with_processes(argv, 6, 6) == argv
+    assert msswift_examples.script_nproc(msswift_examples.FIXTURES / "external__grpo_7b.sh") == 6
