@@ -1,7 +1,9 @@
 """Run ms-swift's GRPO example command lines (tests/fixtures/ms_swift_examples/) through this `swift rlhf`.
 
 Each `swift rlhf` command of each vendored script runs as written, except that:
-- --model and --dataset are replaced by local stand-ins (the hub is unreachable);
+- --model and --dataset are replaced by local stand-ins (the hub is unreachable): the given model with a
+  32768-position context (the scripts' Qwen models have it), and a small dataset with the columns of the
+  one the script names (NuminaMath: problem/solution, GSM8K: question/answer, else prompt/solution);
 - small-run flags are appended: --max_steps 2 --max_completion_length 8 --save_strategy no --report_to none
   and a fresh --output_dir, so that a CPU can run it;
 - its environment prefix (CUDA_VISIBLE_DEVICES, NPROC_PER_NODE, NNODES...) is dropped; with --nproc N (default
@@ -18,6 +20,7 @@ script leaves a value such as <node1_ip> or xxx to fill in, so it is not run), a
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -77,13 +80,36 @@ def drop_flags(argv: list[str], names: list[str]) -> list[str]:
     return out
 
 
-def write_dataset(folder: Path) -> Path:
-    rows = [{"prompt": f"{a}+{b}=", "solution": str(a + b), "messages": None} for a in range(4) for b in range(4)]
-    path = folder / "data.jsonl"
-    import json
+#: The columns of the hub datasets the scripts name, so that their --columns and rewards find what they expect.
+DATASET_SHAPES = {"gsm8k": ("question", "answer"), "NuminaMath": ("problem", "solution")}
 
-    path.write_text("".join(json.dumps({k: v for k, v in row.items() if v is not None}) + "\n" for row in rows))
-    return path
+
+def write_datasets(folder: Path) -> dict[str, Path]:
+    """Small local stand-ins: one per dataset shape (NuminaMath: problem/solution, GSM8K: question/answer), and prompt/solution."""
+    paths = {}
+    for shape, (prompt, answer) in {**DATASET_SHAPES, "default": ("prompt", "solution")}.items():
+        path = folder / f"data-{shape}.jsonl"
+        rows = [{prompt: f"{a}+{b}=", answer: str(a + b) if answer == "solution" else f"{a}+{b}={a + b}\n#### {a + b}"}
+                for a in range(4) for b in range(4)]
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        paths[shape] = path
+    return paths
+
+
+def dataset_for(argv: list[str], datasets: dict[str, Path]) -> Path:
+    named = flag_value(argv, "dataset") or ""
+    return next((datasets[shape] for shape in DATASET_SHAPES if shape in named), datasets["default"])
+
+
+def stand_in_model(model: Path, folder: Path) -> Path:
+    """The given model with a context of 32768 positions (the scripts' Qwen models have it; their vLLM lengths need it)."""
+    copy = folder / "model"
+    shutil.copytree(model, copy)
+    config = json.loads((copy / "config.json").read_text())
+    if config.get("max_position_embeddings", 0) < 32768:
+        config["max_position_embeddings"] = 32768
+        (copy / "config.json").write_text(json.dumps(config, indent=2))
+    return copy
 
 
 def flag_value(argv: list[str], name: str) -> str | None:
@@ -201,12 +227,12 @@ def main() -> int:
         shutil.copy(FIXTURES / "prompt.txt", grpo / "prompt.txt")
         if PLUGINS.is_dir():
             shutil.copytree(PLUGINS, grpo / "plugin")
-        dataset = write_dataset(work)
-        model = str(Path(args.model).resolve())
+        datasets = write_datasets(work)
+        model = str(stand_in_model(Path(args.model).resolve(), work))
         plan = [(script, number, argv) for script in scripts for number, argv in enumerate(command_lines(script))]
         servers = start_servers(server_ports([argv for _, _, argv in plan]), model, work)
         try:
-            counts = run_all(plan, args, work, model, dataset, counts)
+            counts = run_all(plan, args, work, model, datasets, counts)
         finally:
             for server in servers:
                 server.terminate()
@@ -217,9 +243,9 @@ def main() -> int:
     return 0
 
 
-def run_all(plan, args, work: Path, model: str, dataset: Path, counts: dict) -> dict:
+def run_all(plan, args, work: Path, model: str, datasets: dict[str, Path], counts: dict) -> dict:
     for script, number, argv in plan:
-        argv = drop_flags(swap_model_and_dataset(argv, model, str(dataset)), args.without)
+        argv = drop_flags(swap_model_and_dataset(argv, model, str(dataset_for(argv, datasets))), args.without)
         out = work / f"out-{script.stem}-{number}"
         blank = placeholder(argv)
         written = script_nproc(script)

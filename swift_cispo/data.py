@@ -11,6 +11,9 @@ from .errors import UserError
 
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 _SAMPLE_SUFFIX = re.compile(r"^(?P<source>.+)#(?P<rows>\d+)$")
+#: ms-swift's automatic column mapping (on unless --disable_auto_column_mapping): a dataset without a
+#: 'prompt' or 'messages' column takes the first of these as its prompt (NuminaMath's 'problem', GSM8K's 'question').
+AUTO_PROMPT_COLUMNS = ("query", "question", "problem", "instruction", "input")
 
 
 def parse_dataset_spec(spec: str) -> tuple[str, int | None]:
@@ -48,7 +51,11 @@ def load_one(spec: str, seed: int = 42, system: str | None = None, columns: dict
 
 def _prepare(dataset, source: str, rows: int | None, seed: int, system: str | None, columns: dict[str, str], map_options=None):
     # Formatting comes before sampling so that an error names the row's position in the file.
-    dataset = to_prompt_format(rename_columns(dataset, source, columns), source, system, map_options)
+    dataset = rename_columns(dataset, source, columns)
+    if (map_options or {}).get("auto_columns", True):
+        dataset = auto_prompt_column(dataset, source)
+    map_options = {k: v for k, v in (map_options or {}).items() if k != "auto_columns"}
+    dataset = to_prompt_format(dataset, source, system, map_options)
     return dataset if rows is None else sample_rows(dataset, rows, seed)
 
 
@@ -124,6 +131,20 @@ def sample_rows(dataset, rows: int, seed: int):
     return dataset.select(indices.tolist())
 
 
+def auto_prompt_column(dataset, source: str):
+    """ms-swift's automatic mapping: no 'prompt'/'messages' column, so the first of AUTO_PROMPT_COLUMNS is the prompt."""
+    import logging
+
+    names = dataset.column_names
+    if "prompt" in names or "messages" in names:
+        return dataset
+    found = next((name for name in AUTO_PROMPT_COLUMNS if name in names), None)
+    if found is None:
+        return dataset
+    logging.getLogger("swift_cispo").info("dataset %s: column '%s' is the prompt (ms-swift's automatic column mapping)", source, found)
+    return dataset.rename_column(found, "prompt")
+
+
 def to_prompt_format(dataset, source: str, system: str | None = None, map_options: dict | None = None):
     """Give every row a ``prompt`` TRL can generate from.
 
@@ -136,7 +157,8 @@ def to_prompt_format(dataset, source: str, system: str | None = None, map_option
     columns = dataset.column_names
     if "prompt" not in columns and "messages" not in columns:
         raise UserError(
-            f"dataset {source} has neither a 'prompt' nor a 'messages' column (its columns: {', '.join(columns)})"
+            f"dataset {source} has neither a 'prompt' nor a 'messages' column (its columns: {', '.join(columns)}); "
+            f"name one with --columns (automatic: {', '.join(AUTO_PROMPT_COLUMNS)})"
         )
 
     def convert(row, index):

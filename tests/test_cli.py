@@ -192,9 +192,9 @@ def test_missing_and_unparseable_datasets(tmp_path, tiny_model_dir):
     bad.write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2=", "answer": \n')
     assert_clean_error(swift("rlhf", *common, "--dataset", bad, cwd=tmp_path), f"dataset {bad} line 2 is not valid JSON")
     nocol = tmp_path / "nocol.csv"
-    nocol.write_text("question,answer\n1+1=,2\n")
+    nocol.write_text("text,answer\n1+1=,2\n")  # 'question' would be the prompt, as ms-swift maps it
     assert_clean_error(
-        swift("rlhf", *common, "--dataset", nocol, cwd=tmp_path), "neither a 'prompt' nor a 'messages' column", "question, answer"
+        swift("rlhf", *common, "--dataset", nocol, cwd=tmp_path), "neither a 'prompt' nor a 'messages' column", "text, answer"
     )
     text = tmp_path / "notes.txt"
     text.write_text("hello")

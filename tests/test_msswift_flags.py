@@ -158,3 +158,26 @@ def test_refusals_of_implemented_flags(tmp_path):
     ):
         with pytest.raises(UserError, match=fragment):
             parse(base(tmp_path) + extra)
+
+
+def test_ms_swift_automatic_prompt_column(tmp_path):
+    from swift_cispo.data import load_datasets
+
+    numina = tmp_path / "numina.jsonl"
+    numina.write_text('{"problem": "1+1=", "solution": "2"}\n')
+    rows = load_datasets([str(numina)])
+    assert rows["prompt"] == ["1+1="] and rows["solution"] == ["2"]
+    with pytest.raises(UserError, match="neither a 'prompt' nor a 'messages' column"):
+        load_datasets([str(numina)], map_options={"auto_columns": False})  # --disable_auto_column_mapping true
+
+
+def test_vllm_length_beyond_the_model_context_is_one_sentence():
+    from types import SimpleNamespace
+
+    from swift_cispo.cli.model import check_context_length
+
+    model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=64))
+    config = SimpleNamespace(use_vllm=True, vllm_mode="colocate", vllm_max_model_length=16384)
+    with pytest.raises(UserError, match=r"--vllm_max_model_len 16384 is longer than the model's context \(max_position_embeddings 64\)"):
+        check_context_length(model, config)
+    check_context_length(model, SimpleNamespace(use_vllm=True, vllm_mode="colocate", vllm_max_model_length=64))

@@ -137,6 +137,13 @@ class DataArguments:
             "--dataset that has the old column; a name no dataset has is an error."
         },
     )
+    disable_auto_column_mapping: bool = field(
+        default=False,
+        metadata={
+            "help": "Off (ms-swift's default): a dataset with no 'prompt' or 'messages' column takes its first 'query', "
+            "'question', 'problem', 'instruction' or 'input' column as the prompt. On: only --columns renames."
+        },
+    )
     split_dataset_ratio: float = field(
         default=0.0,
         metadata={

@@ -40,6 +40,16 @@ def load_model_and_tokenizer(model_args):
     return model, tokenizer
 
 
+def check_context_length(model, config) -> None:
+    """vLLM refuses a --vllm_max_model_len beyond the model's positions with a traceback from inside its engine."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    wanted = config.vllm_max_model_length
+    if config.use_vllm and config.vllm_mode == "colocate" and limit and wanted and wanted > limit:
+        raise UserError(
+            f"--vllm_max_model_len {wanted} is longer than the model's context (max_position_embeddings {limit}); give at most {limit}"
+        )
+
+
 def lora_config(model_args):
     """``--train_type lora`` -> peft's LoraConfig for a causal LM (None for full training)."""
     if model_args.train_type != "lora":

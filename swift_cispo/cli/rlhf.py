@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .args import ALIASES, DataArguments, ModelArguments, RLHFArguments, training_arguments_class
-from .model import check_model_source, load_model_and_tokenizer, lora_config
+from .model import check_context_length, check_model_source, load_model_and_tokenizer, lora_config
 from .outputs import launcher_output_dir, remove_if_empty, resolve_output_dir, worker_output_dir
 from .parser import expand_config_files, explicit_flags, make_parser, normalise_flags, reject_unsupported
 
@@ -103,9 +103,11 @@ def run(argv: list[str]) -> int:
 
     try:
         map_options = {"num_proc": data_args.dataset_num_proc if data_args.dataset_num_proc > 1 else None,
-                       "load_from_cache_file": data_args.load_from_cache_file}
+                       "load_from_cache_file": data_args.load_from_cache_file,
+                       "auto_columns": not data_args.disable_auto_column_mapping}
         dataset = load_datasets(data_args.dataset, seed=config.seed, system=data_args.system, columns=columns, map_options=map_options)
         model, tokenizer = load_model_and_tokenizer(model_args)
+        check_context_length(model, config)
         dataset = _limit_prompt_length(dataset, tokenizer, data_args, config.chat_template_kwargs)
         dataset, eval_dataset = split_for_evaluation(dataset, data_args.split_dataset_ratio, config.seed)
     except UserError:
