@@ -154,7 +154,10 @@ def train(spec: RunSpec, config: dict, path: Path) -> None:
     from transformers import PrinterCallback, TrainerCallback
 
     from swift_cispo import GRPOConfig, GRPOTrainer
-    from swift_cispo.demo import DEMO_DATASET_PATH, DEMO_MODEL_DIR, reward_exact_match
+    from swift_cispo.demo import DEMO_DATASET_PATH, DEMO_MODEL_DIR
+    from swift_cispo.rewards import reward_function
+
+    reward_exact_match = reward_function("exact_match")
 
     with path.open("w") as sink:
         sink.write(json.dumps({"settings": config}) + "\n")

@@ -82,7 +82,9 @@ def run_once(hparams: dict, seed: int, model_dir: Path, dataset_path: Path, t_st
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from swift_cispo.demo.task import reward_exact_match
+    from swift_cispo.rewards import reward_function
+
+    reward_exact_match = reward_function("exact_match")
 
     curve: list[dict] = []
 

@@ -7,7 +7,7 @@ import math
 import re
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 _SAMPLE_SUFFIX = re.compile(r"^(?P<source>.+)#(?P<rows>\d+)$")
@@ -41,12 +41,6 @@ def _check_jsonl(path: Path) -> None:
                 raise UserError(f"dataset {path} line {number} is not valid JSON ({err.msg})") from None
             if not isinstance(row, dict):
                 raise UserError(f"dataset {path} line {number} is a JSON {type(row).__name__}, not an object with columns")
-
-
-def load_one(spec: str, seed: int = 42, system: str | None = None, columns: dict[str, str] | None = None):
-    """Load one dataset given as a path or hub id, optionally ``#N`` rows, ready for training."""
-    source, rows = parse_dataset_spec(spec)
-    return _prepare(read_source(source), source, rows, seed, system, columns or {})
 
 
 def _prepare(dataset, source: str, rows: int | None, seed: int, system: str | None, columns: dict[str, str], map_options=None):
@@ -86,7 +80,7 @@ def read_source(source: str):
     except UserError:
         raise
     except Exception as err:  # the datasets library raises many types; the user needs the file and the reason
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise UserError(f"could not read dataset {source}: {reason}") from None
     if len(dataset) == 0:
         raise UserError(f"dataset {source} has no rows")

@@ -1,4 +1,7 @@
-"""Shared fixtures: a tiny random Qwen2 model with a character tokenizer, built locally (no hub)."""
+"""Shared fixtures: a tiny random model of the demo's shape (built locally, no hub), data and plugin files.
+
+Helpers that are not fixtures (``swift()``, ``FAST``, ``read_metrics``...) live in tests/helpers.py.
+"""
 
 from __future__ import annotations
 
@@ -8,32 +11,27 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+SESSION_DTYPE = torch.get_default_dtype()
 
-def build_tiny_model(path: Path, seed: int = 0) -> Path:
-    """A randomly initialised model of the demo's shape (2-layer Qwen2, head_dim 64) with the demo's
-    character-level tokenizer, saved in ``path``: untrained, so tests do not depend on the demo weights."""
-    import torch
 
-    from swift_cispo.demo.tiny import build_model, build_tokenizer
-
-    tokenizer = build_tokenizer()
-    torch.manual_seed(seed)
-    model = build_model(tokenizer)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+@pytest.fixture(autouse=True)
+def _default_dtype_is_restored():
+    """A test may change torch's default dtype for itself; the next test starts from the session's again."""
+    yield
+    torch.set_default_dtype(SESSION_DTYPE)
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+    """An untrained 2-layer Qwen2 with the demo's tokenizer (float32), so tests do not depend on the demo weights."""
+    from swift_cispo.demo.tiny import save_random_model
+
+    return save_random_model(tmp_path_factory.mktemp("tiny_model"))
 
 
 @pytest.fixture
@@ -46,4 +44,21 @@ def data_file(tmp_path) -> Path:
     path = tmp_path / "data.jsonl"
     rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(4) for b in range(4)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def plugin_file(tmp_path) -> Path:
+    path = tmp_path / "my_plugin.py"
+    path.write_text(
+        "from swift_cispo.rewards import ORM, orms\n"
+        "\n"
+        "class ShortAnswer(ORM):\n"
+        "    def __call__(self, completions, answer, **kwargs):\n"
+        "        # dataset columns arrive as keyword arguments, one value per completion\n"
+        "        assert len(answer) == len(completions)\n"
+        "        return [1.0 / (1 + len(c)) for c in completions]\n"
+        "\n"
+        "orms['short_answer'] = ShortAnswer\n"
+    )
     return path

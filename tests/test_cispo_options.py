@@ -50,6 +50,12 @@ def test_cispo_offset_convention_and_unified_mask(low, high, token_mask):
         epsilon_high=high, cispo_clip_convention="offset", cispo_epsilon_low=low, cispo_token_mask=token_mask
     )
     floor, ceiling = (-math.inf if low is None else 1 - low), 1 + high
+    # Make each bound bind by construction, for a positive and a negative advantage (the unified mask
+    # drops only one of the two): rows 0-1 get r = 2 x ceiling, rows 2-3 r = floor / 2 where a floor exists.
+    adv[0:4, 0] = torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=DT)
+    old[0:2, 0] = log_probs[0:2, 0] - math.log(2 * ceiling)
+    if floor > 0:
+        old[2:4, 0] = log_probs[2:4, 0] - math.log(floor / 2)
 
     def token_grad(r, a):
         # MiniMax-M1 Eq. 6-7: weight clip(r, floor, ceiling) as a constant; M = 0 drops the token
@@ -59,9 +65,9 @@ def test_cispo_offset_convention_and_unified_mask(low, high, token_mask):
 
     grad, out = grad_of("cispo", log_probs, old, adv, mask, config)
     torch.testing.assert_close(grad, reference_grad(log_probs, old, adv, mask, token_grad), rtol=1e-12, atol=1e-15)
-    if high < 1:  # the tight bounds really bind, on both sides
-        assert out.metrics["cispo_clip_ratio"][mask.bool().expand_as(out.metrics["cispo_clip_ratio"])].sum() > 0
-        assert out.metrics["cispo_clip_ratio/low"].sum() > 0
+    # the bounds really bind (every case): the upper one always, the lower one where it is above 0
+    assert out.metrics["cispo_clip_ratio"][mask.bool().expand_as(out.metrics["cispo_clip_ratio"])].sum() > 0
+    assert (out.metrics["cispo_clip_ratio/low"].sum() > 0) == (floor > 0)
 
 
 def test_the_two_conventions_differ_by_one_for_the_same_number():

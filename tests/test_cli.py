@@ -1,4 +1,5 @@
-"""``swift rlhf`` run as a subprocess: real training on a tiny model, configs, plugins, bad input."""
+"""``swift rlhf``: real training on a tiny model (subprocesses), configs, plugins, and bad input (in-process,
+through ``swift_cispo.cli.main.main``, with one subprocess case for "no traceback")."""
 
 from __future__ import annotations
 
@@ -6,72 +7,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-FAST = [
-    "--max_steps", "2",
-    "--num_generations", "4",
-    "--per_device_train_batch_size", "8",
-    "--max_completion_length", "4",
-    "--learning_rate", "1e-3",
-    "--logging_steps", "1",
-    "--gradient_checkpointing", "false",
-]  # fmt: skip
-
-
-LAUNCH_VARIABLES = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-def swift(*args, cwd: Path, timeout: int = 300, **extra_env: str) -> subprocess.CompletedProcess:
-    """``python -m swift_cispo ARGS`` from this checkout; launch variables only where a test sets them."""
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
-    env.update({"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra_env})
-    return subprocess.run(
-        [sys.executable, "-m", "swift_cispo", *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-@pytest.fixture
-def plugin_file(tmp_path) -> Path:
-    path = tmp_path / "my_plugin.py"
-    path.write_text(
-        "from swift_cispo.rewards import ORM, orms\n"
-        "\n"
-        "class ShortAnswer(ORM):\n"
-        "    def __call__(self, completions, answer, **kwargs):\n"
-        "        # dataset columns arrive as keyword arguments, one value per completion\n"
-        "        assert len(answer) == len(completions)\n"
-        "        return [1.0 / (1 + len(c)) for c in completions]\n"
-        "\n"
-        "orms['short_answer'] = ShortAnswer\n"
-    )
-    return path
-
-
-def read_metrics(output_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (output_dir / "logging.jsonl").read_text().splitlines()]
-
-
-def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr, result.stderr[-2000:]
-    error_lines = [line for line in result.stderr.splitlines() if ": error: " in line]
-    assert len(error_lines) == 1, result.stderr[-2000:]
-    for fragment in fragments:
-        assert fragment in error_lines[0], error_lines[0]
-    return error_lines[0]
-
+from helpers import FAST, LAUNCH_VARIABLES, REPO, assert_clean_error, read_metrics, swift, swift_in_process
 
 # --------------------------------------------------------------------------- training runs
+@pytest.mark.slow
 def test_plugin_reward_trains_and_writes_metrics_and_curves(tmp_path, tiny_model_dir, data_file, plugin_file):
     out = tmp_path / "run"
     result = swift(
@@ -92,6 +34,7 @@ def test_plugin_reward_trains_and_writes_metrics_and_curves(tmp_path, tiny_model
     assert "loss_type=cispo (epsilon_high=5: importance weight clipped to [no floor, 5], cap convention)" in result.stderr
 
 
+@pytest.mark.slow
 def test_yaml_config_with_command_line_override(tmp_path, tiny_model_dir, data_file):
     config = tmp_path / "cispo.yaml"
     config.write_text(
@@ -119,6 +62,7 @@ def test_yaml_config_with_command_line_override(tmp_path, tiny_model_dir, data_f
     assert [m["step"] for m in read_metrics(out2) if "loss" in m] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_messages_dataset_with_system_prompt_and_custom_loss_plugin(tmp_path, tiny_model_dir):
     data = tmp_path / "chat.jsonl"
     rows = [
@@ -145,12 +89,46 @@ def test_messages_dataset_with_system_prompt_and_custom_loss_plugin(tmp_path, ti
 
 
 # --------------------------------------------------------------------------- bad input
-def test_unknown_subcommand(tmp_path):
-    assert_clean_error(swift("train", cwd=tmp_path), "unknown subcommand 'train'", "available: rlhf")
+@pytest.fixture
+def swift_here(tmp_path, monkeypatch, capsys):
+    """``swift ARGS`` in this process, run from ``tmp_path``: (exit code, stdout, stderr) as a CompletedProcess."""
+    monkeypatch.chdir(tmp_path)
+    return lambda *args: swift_in_process(*args, capsys=capsys)
 
 
-def test_unknown_flag_suggests_the_right_one(tmp_path):
-    assert_clean_error(swift("rlhf", "--epsilon_hihg", "5", cwd=tmp_path), "unknown flag --epsilon_hihg", "--epsilon_high")
+def test_unknown_subcommand(swift_here):
+    assert_clean_error(swift_here("train"), "unknown subcommand 'train'", "available: rlhf")
+
+
+def test_unknown_flag_suggests_the_right_one(swift_here):
+    assert_clean_error(swift_here("rlhf", "--epsilon_hihg", "5"), "unknown flag --epsilon_hihg", "--epsilon_high")
+
+
+def test_help_lists_the_flags(swift_here):
+    result = swift_here("rlhf", "--help")
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.startswith("usage: swift rlhf") and "--epsilon_high EPSILON_HIGH" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "error,code",
+    [("UserError", 2), ("NonFiniteError", 2), ("RolloutServerError", 1)],
+)
+def test_reported_errors_exit_with_their_code(swift_here, monkeypatch, error, code):
+    """Every ReportedError is one sentence and its exit code: bad input 2, a non-finite step 2, a failing server 1."""
+    from swift_cispo import errors
+    from swift_cispo.cli import rlhf
+    from swift_cispo.generation.client import RolloutServerError
+
+    kind = RolloutServerError if error == "RolloutServerError" else getattr(errors, error)
+
+    def fail(argv):
+        raise kind("something named went wrong; here is what to do")
+
+    monkeypatch.setattr(rlhf, "run", fail)
+    result = swift_here("rlhf")
+    assert result.returncode == code
+    assert result.stderr == "swift rlhf: error: something named went wrong; here is what to do\n"
 
 
 @pytest.mark.parametrize(
@@ -170,51 +148,52 @@ def test_unknown_flag_suggests_the_right_one(tmp_path):
         (["--rlhf_type", "dpo"], ["--rlhf_type", "invalid choice"]),
     ],
 )
-def test_bad_values_end_in_one_sentence(tmp_path, tiny_model_dir, data_file, flags, fragments):
+def test_bad_values_end_in_one_sentence(swift_here, tmp_path, tiny_model_dir, data_file, flags, fragments):
     base = ["--model", tiny_model_dir, "--dataset", data_file, "--output_dir", tmp_path / "never"]
     if "--reward_funcs" not in flags:
         base += ["--reward_funcs", "exact_match"]
-    assert_clean_error(swift("rlhf", *base, *flags, cwd=tmp_path), *fragments)
+    assert_clean_error(swift_here("rlhf", *base, *flags), *fragments)
     assert not (tmp_path / "never").exists()  # nothing was left behind
 
 
-def test_plugin_with_a_syntax_error(tmp_path, tiny_model_dir, data_file):
+def test_plugin_with_a_syntax_error(swift_here, tmp_path, tiny_model_dir, data_file):
     plugin = tmp_path / "broken.py"
     plugin.write_text("def reward(:\n    pass\n")
-    result = swift("rlhf", "--model", tiny_model_dir, "--dataset", data_file, "--external_plugins", plugin, cwd=tmp_path)
+    result = swift_here("rlhf", "--model", tiny_model_dir, "--dataset", data_file, "--external_plugins", plugin)
     assert_clean_error(result, f"plugin file {plugin} has a syntax error at line 1")
 
 
-def test_missing_and_unparseable_datasets(tmp_path, tiny_model_dir):
+def test_missing_and_unparseable_datasets(swift_here, tmp_path, tiny_model_dir):
     common = ["--model", tiny_model_dir, "--reward_funcs", "exact_match", "--output_dir", tmp_path / "o"]
-    assert_clean_error(swift("rlhf", *common, "--dataset", "nowhere.jsonl", cwd=tmp_path), "dataset nowhere.jsonl does not exist")
+    assert_clean_error(swift_here("rlhf", *common, "--dataset", "nowhere.jsonl"), "dataset nowhere.jsonl does not exist")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2=", "answer": \n')
-    assert_clean_error(swift("rlhf", *common, "--dataset", bad, cwd=tmp_path), f"dataset {bad} line 2 is not valid JSON")
+    assert_clean_error(swift_here("rlhf", *common, "--dataset", bad), f"dataset {bad} line 2 is not valid JSON")
     nocol = tmp_path / "nocol.csv"
     nocol.write_text("text,answer\n1+1=,2\n")  # 'question' would be the prompt, as ms-swift maps it
     assert_clean_error(
-        swift("rlhf", *common, "--dataset", nocol, cwd=tmp_path), "neither a 'prompt' nor a 'messages' column", "text, answer"
+        swift_here("rlhf", *common, "--dataset", nocol), "neither a 'prompt' nor a 'messages' column", "text, answer"
     )
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    assert_clean_error(swift("rlhf", *common, "--dataset", text, cwd=tmp_path), "unsupported extension '.txt'")
+    assert_clean_error(swift_here("rlhf", *common, "--dataset", text), "unsupported extension '.txt'")
 
 
-def test_bad_rows_name_the_file_and_the_row(tmp_path, tiny_model_dir):
+def test_bad_rows_name_the_file_and_the_row(swift_here, tmp_path, tiny_model_dir):
     common = ["--model", tiny_model_dir, "--reward_funcs", "exact_match", "--output_dir", tmp_path / "o"]
     csv = tmp_path / "rows.csv"
     csv.write_text("prompt,answer\n1+1=,2\n2+2=,4\n,6\n")  # the third row has no prompt
-    assert_clean_error(swift("rlhf", *common, "--dataset", f"{csv}#2", cwd=tmp_path), f"dataset {csv} row 3 has an empty prompt")
+    assert_clean_error(swift_here("rlhf", *common, "--dataset", f"{csv}#2"), f"dataset {csv} row 3 has an empty prompt")
     chat = tmp_path / "chat.jsonl"
     chat.write_text('{"messages": [{"role": "user", "content": "1+1="}]}\n{"messages": "not a conversation"}\n')
     assert_clean_error(
-        swift("rlhf", *common, "--dataset", chat, cwd=tmp_path),
+        swift_here("rlhf", *common, "--dataset", chat),
         f"dataset {chat} row 2: 'messages' must be a list of {{role, content}} messages, got str",
     )
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_columns_remapping_and_evaluation_on_a_held_out_split(tmp_path, tiny_model_dir):
     data = tmp_path / "renamed.parquet"
     import pandas as pd
@@ -236,24 +215,36 @@ def test_columns_remapping_and_evaluation_on_a_held_out_split(tmp_path, tiny_mod
     assert all("eval_rewards/accuracy/mean" in m for m in evals) and all("rewards/accuracy/mean" in m for m in train)
 
 
-def test_missing_model_path(tmp_path, data_file):
-    result = swift("rlhf", "--model", "./no_such_model", "--dataset", data_file, "--reward_funcs", "exact_match", cwd=tmp_path)
+def test_missing_model_path(swift_here, data_file):
+    result = swift_here("rlhf", "--model", "./no_such_model", "--dataset", data_file, "--reward_funcs", "exact_match")
     assert_clean_error(result, "model path ./no_such_model does not exist")
 
 
-def test_existing_output_dir_is_never_overwritten(tmp_path, tiny_model_dir, data_file):
+def test_existing_output_dir_is_never_overwritten(swift_here, tmp_path, tiny_model_dir, data_file):
     out = tmp_path / "earlier_run"
     out.mkdir()
     (out / "model.safetensors").write_text("precious")
-    result = swift(
-        "rlhf", "--model", tiny_model_dir, "--dataset", data_file, "--reward_funcs", "exact_match",
-        "--output_dir", out, *FAST, cwd=tmp_path,
-    )  # fmt: skip
+    result = swift_here(
+        "rlhf", "--model", tiny_model_dir, "--dataset", data_file, "--reward_funcs", "exact_match", "--output_dir", out, *FAST
+    )
     assert_clean_error(result, f"output_dir {out} already exists and is not empty")
     assert (out / "model.safetensors").read_text() == "precious"
     assert sorted(p.name for p in out.iterdir()) == ["model.safetensors"]
 
 
+@pytest.mark.slow
+def test_a_refused_run_prints_one_sentence_and_no_traceback(tmp_path, tiny_model_dir):
+    """The in-process cases above check the sentence and the exit code; this one, the process a user sees."""
+    csv = tmp_path / "rows.csv"
+    csv.write_text("prompt,answer\n1+1=,2\n,4\n")
+    result = swift("rlhf", "--model", tiny_model_dir, "--dataset", csv, "--reward_funcs", "exact_match", "--output_dir", tmp_path / "o", cwd=tmp_path)
+    assert result.stdout == ""
+    # no traceback, one error line, and it is the last thing printed
+    assert result.stderr.strip().splitlines()[-1] == assert_clean_error(result, f"dataset {csv} row 2 has an empty prompt")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
 def test_bad_reward_output_is_reported_with_the_function_name(tmp_path, tiny_model_dir, data_file):
     plugin = tmp_path / "bad_reward.py"
     plugin.write_text(

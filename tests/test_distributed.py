@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_cli import FAST, REPO, assert_clean_error, read_metrics, swift
+from helpers import FAST, REPO, assert_clean_error, read_metrics, swift
 
 DEMO_MODEL = REPO / "swift_cispo" / "demo" / "model"
 # The demo's steps_per_generation is 2: checkpoint-1 falls inside a rollout window, so the resumed step 2
@@ -60,6 +60,8 @@ def _assert_resumed_equal(full: Path, resumed: Path, weights_file: str) -> None:
     assert 1 not in _step_losses(resumed), "the resumed run trained step 1 again"
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 # ------------------------------------------------------------------------------------------- ZeRO
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_zero_two_processes_train_save_and_resume_exactly(tmp_path, stage):
@@ -83,6 +85,7 @@ def _adapter_config(path: Path) -> dict:
     return json.loads((path / "adapter_config.json").read_text())
 
 
+@pytest.mark.slow
 def test_lora_trains_only_the_adapter_resumes_and_merges(tmp_path):
     flags = ["--train_type", "lora", "--lora_rank", "4", "--lora_alpha", "8", "--learning_rate", "2e-2"]
     full, resumed, _ = _train_then_resume(tmp_path, flags)
@@ -118,6 +121,8 @@ def test_lora_trains_only_the_adapter_resumes_and_merges(tmp_path):
     assert_clean_error(again, "already exists and is not empty")
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_lora_with_zero3_two_processes_trains_and_resumes(tmp_path):
     flags = ["--train_type", "lora", "--learning_rate", "2e-2", "--deepspeed", "zero3"]
     full, resumed, _ = _train_then_resume(tmp_path, flags, NPROC_PER_NODE="2")
@@ -196,6 +201,7 @@ def test_lora_options():
         assert message in str(caught.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "flags,env,fragments",
     [
@@ -213,6 +219,8 @@ def test_scale_out_mistakes_are_one_sentence(tmp_path, flags, env, fragments):
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_a_worker_failure_is_reported_with_its_status(tmp_path):
     """A mistake only the workers can see (a dataset row) stops the run with the worker's exit status."""
     data = tmp_path / "bad.jsonl"
@@ -227,6 +235,7 @@ def test_a_worker_failure_is_reported_with_its_status(tmp_path):
     assert "exited with status 2" in result.stderr
 
 
+@pytest.mark.slow
 def test_export_mistakes(tmp_path):
     from swift_cispo.cli import export
     from swift_cispo.errors import UserError

@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_cli import read_metrics
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, free_ports, read_metrics
+
+pytestmark = pytest.mark.slow  # each test runs an example script
 
 
 def _require_vllm() -> None:
@@ -41,7 +42,8 @@ def _example_env(out: Path, **extra: str) -> dict:
 def test_custom_reward_example_smoke(tmp_path):
     _, metrics = _smoke("cispo_custom_reward.sh", tmp_path / "example_run")
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
-    assert all("rewards/answer_match/mean" in m for m in metrics if "reward" in m)
+    logged = [m for m in metrics if "reward" in m]
+    assert logged and all("rewards/answer_match/mean" in m for m in logged)
 
 
 def _smoke(script: str, out: Path, **env: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
@@ -57,7 +59,8 @@ def test_quickstart_example_smoke(tmp_path):
     result, metrics = _smoke("quickstart.sh", tmp_path / "quickstart_run")
     assert "training the embedded demo" in result.stderr
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
-    assert all("rewards/exact_match/mean" in m for m in metrics if "reward" in m)
+    logged = [m for m in metrics if "reward" in m]
+    assert logged and all("rewards/exact_match/mean" in m for m in logged)
 
 
 def test_custom_loss_example_smoke(tmp_path):
@@ -89,6 +92,7 @@ def test_lora_example_smoke_saves_the_adapter_and_merges_it(tmp_path):
     assert (merged / "model.safetensors").is_file() and (merged / "config.json").is_file()
 
 
+@pytest.mark.distributed
 def test_multi_gpu_example_smoke_lora_under_zero2_two_processes(tmp_path):
     out = tmp_path / "multi_gpu_run"
     result, metrics = _smoke("cispo_multi_gpu.sh", out, DEEPSPEED="zero2", TRAIN_TYPE="lora")
@@ -97,27 +101,16 @@ def test_multi_gpu_example_smoke_lora_under_zero2_two_processes(tmp_path):
     assert (out / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.distributed
 def test_multi_node_example_smoke_two_launchers_one_run(tmp_path):
     out = tmp_path / "multi_node_run"
-    result, metrics = _smoke("cispo_multi_node.sh", out, MASTER_PORT=str(_free_ports(1)[0]))
+    result, metrics = _smoke("cispo_multi_node.sh", out, MASTER_PORT=str(free_ports(1)[0]))
     assert "NODE_RANK 0 of NNODES 2, 2 in all" in result.stderr and "NODE_RANK 1 of NNODES 2, 2 in all" in result.stderr
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2]  # one run: only global rank 0 logs
     assert (out / "model.safetensors").is_file()
 
 
 # ------------------------------------------------------------------------------------- vLLM examples
-def _free_ports(count: int) -> list[int]:
-    """Distinct free ports (all bound at once, so the OS cannot hand out the same one twice)."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
 def _rollout_pids(port: int) -> list[int]:
     """Processes running `swift_cispo rollout ... --port PORT` (what the server scripts start)."""
     pids = []
@@ -152,7 +145,7 @@ def _run_example(script: str, out: Path, port: int, *args: str) -> subprocess.Co
 def _run_server_example(script: str, out: Path) -> subprocess.CompletedProcess:
     """Run a script that starts its own `swift rollout`; check that the server is gone afterwards."""
     # A free weight-transfer port too (passed through "$@"), so that runs side by side do not collide on its default.
-    port, group_port = _free_ports(2)
+    port, group_port = free_ports(2)
     try:
         result = _run_example(script, out, port, "--vllm_group_port", str(group_port))
         assert not _rollout_pids(port), "the script left its `swift rollout` server running"
@@ -163,16 +156,24 @@ def _run_server_example(script: str, out: Path) -> subprocess.CompletedProcess:
     return result
 
 
+def _assert_fresh_rollouts(metrics: list[dict]) -> None:
+    """Every logged rollout was sampled with the weights of the step that used it (policy lag 0)."""
+    lags = [m["rollout/policy_lag"] for m in metrics if "rollout/policy_lag" in m]
+    assert lags and all(lag == 0.0 for lag in lags), lags
+
+
+@pytest.mark.vllm
 def test_vllm_colocate_example_smoke(tmp_path):
     _require_vllm()
     out = tmp_path / "colocate_run"
-    result = _run_example("cispo_vllm_colocate.sh", out, _free_ports(1)[0])
+    result = _run_example("cispo_vllm_colocate.sh", out, free_ports(1)[0])
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3]
-    assert all(m["rollout/policy_lag"] == 0.0 for m in metrics if "rollout/policy_lag" in m)
+    _assert_fresh_rollouts(metrics)
 
 
+@pytest.mark.vllm
 def test_vllm_server_example_smoke_and_server_stopped(tmp_path):
     _require_vllm()
     out = tmp_path / "server_run"
@@ -180,9 +181,10 @@ def test_vllm_server_example_smoke_and_server_stopped(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3]
-    assert all(m["rollout/policy_lag"] == 0.0 for m in metrics if "rollout/policy_lag" in m)
+    _assert_fresh_rollouts(metrics)
 
 
+@pytest.mark.vllm
 def test_async_lag1_example_smoke_rollouts_one_step_old(tmp_path):
     _require_vllm()
     out = tmp_path / "async_run"
@@ -197,6 +199,8 @@ def test_async_lag1_example_smoke_rollouts_one_step_old(tmp_path):
     assert next(m for m in metrics if m["step"] == 2)["cispo/is_ratio_max"] != 1.0
 
 
+@pytest.mark.vllm
+@pytest.mark.distributed
 def test_vllm_server_node_example_smoke_two_training_processes(tmp_path):
     _require_vllm()
     out = tmp_path / "server_node_run"
@@ -206,5 +210,5 @@ def test_vllm_server_node_example_smoke_two_training_processes(tmp_path):
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
     # fresh rollouts from the server every step, synced with the weights of both processes' shared model
-    assert all(m["rollout/policy_lag"] == 0.0 for m in metrics if "rollout/policy_lag" in m)
+    _assert_fresh_rollouts(metrics)
     assert max(m["sampling/sampling_logp_difference/mean"] for m in metrics if "sampling/sampling_logp_difference/mean" in m) < 1e-3

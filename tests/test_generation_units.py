@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 import threading
+import time
 
+import pytest
 import torch
 
+from swift_cispo.distributed.launch import free_port
+from swift_cispo.generation.client import RolloutClient, RolloutServerError
 from swift_cispo.generation.collective import SERVER_RANK, TRAINER_RANK, broadcast, describe, open_group, receive
 from swift_cispo.generation.wire import bucket_weights, unbucket_weights
 
@@ -39,9 +42,7 @@ def test_tied_aliases_name_the_output_head(tiny_model_dir):
 
 
 def test_gloo_group_delivers_every_tensor_in_order():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     sent = [
         ("a", torch.randn(3, 5, dtype=torch.float32)),
         ("b", torch.randn(7, dtype=torch.float32).to(torch.bfloat16)),
@@ -64,3 +65,13 @@ def test_gloo_group_delivers_every_tensor_in_order():
     assert [name for name, _ in received["weights"]] == ["a", "b", "c"]
     for (_, a), (_, b) in zip(sent, received["weights"]):
         assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_a_server_that_never_answers_is_waited_for_then_named():
+    """The client polls for --vllm_server_timeout seconds, not less, then names the server in one sentence."""
+    port = free_port()  # nothing listens there
+    client = RolloutClient(port=port, timeout=1.5)
+    start = time.monotonic()
+    with pytest.raises(RolloutServerError, match=f"no rollout server answered at 127.0.0.1:{port} within 1.5 s"):
+        client.wait_until_up(poll_interval=0.2)
+    assert 1.5 <= time.monotonic() - start < 30

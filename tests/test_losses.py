@@ -22,7 +22,15 @@ from swift_cispo.losses import (
 )
 from swift_cispo.losses.registry import _LOSSES
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """The references are float64, and so is every tensor these tests build; for these tests only
+    (conftest.py puts the session's float32 back after each test)."""
+    torch.set_default_dtype(torch.float64)
+    yield
+
 
 BUILT_IN = ["bnpo", "cispo", "dapo", "dr_grpo", "grpo"]
 

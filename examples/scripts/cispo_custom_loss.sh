@@ -6,15 +6,12 @@
 #
 # $DATASET: a .jsonl file with a `prompt` (or `messages`) column and an `answer` column.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-SWIFT="${SWIFT:-swift}"
+source "$(dirname "$0")/_common.sh"  # repository root, $SWIFT, the demo for SMOKE=1
 PLUGIN=examples/scripts/loss_plugin.py
-DEMO_DATA="$(python3 -c 'import swift_cispo.demo as d; print(d.DEMO_DATASET_PATH)' 2>/dev/null || echo swift_cispo/demo/addition.jsonl)"
-if [ "${SMOKE:-0}" = "1" ]; then
-  MODEL="$(dirname "$DEMO_DATA")/model"
+if smoke; then
+  MODEL="$DEMO_MODEL"
   DATASET="$DEMO_DATA#64"
-  EXTRA=(--max_steps 2 --per_device_train_batch_size 16 --num_generations 4 --max_completion_length 4
-         --learning_rate 1e-3 --logging_steps 1 --gradient_checkpointing false)
+  smoke_flags 2 16 1e-3
 else
   MODEL="${MODEL:-Qwen/Qwen2.5-0.5B-Instruct}"
   DATASET="${DATASET:?set DATASET to a .jsonl file with prompt and answer columns}"

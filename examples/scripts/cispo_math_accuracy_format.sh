@@ -6,18 +6,14 @@
 #   bash examples/scripts/cispo_math_accuracy_format.sh            # Qwen2.5-1.5B-Instruct on NuminaMath-TIR (one GPU)
 #   SMOKE=1 bash examples/scripts/cispo_math_accuracy_format.sh    # a few steps on the embedded demo model (CPU)
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-SWIFT="${SWIFT:-swift}"
+source "$(dirname "$0")/_common.sh"  # repository root, $SWIFT, the demo for SMOKE=1
 SYSTEM='A conversation between User and Assistant. The Assistant first thinks about the reasoning process and then gives the answer. The reasoning goes in <think> </think> tags and the answer in <answer> </answer> tags, i.e. <think> reasoning here </think><answer> answer here </answer>.'
-DEMO_DATA="$(python3 -c 'import swift_cispo.demo as d; print(d.DEMO_DATASET_PATH)' 2>/dev/null || echo swift_cispo/demo/addition.jsonl)"
-if [ "${SMOKE:-0}" = "1" ]; then
-  MODEL="$(dirname "$DEMO_DATA")/model"
+if smoke; then
+  MODEL="$DEMO_MODEL"
   DATASET="$DEMO_DATA#80"
   COLUMNS='{"answer": "solution"}'  # the demo's reference column, under the name accuracy reads first
   SYSTEM_FLAG=()  # the demo model knows only bare "12+7=" prompts, not chat conversations
-  EXTRA=(--max_steps 2 --per_device_train_batch_size 16 --num_generations 4 --max_completion_length 4
-         --learning_rate 1e-3 --logging_steps 1 --split_dataset_ratio 0.1 --eval_steps 1
-         --per_device_eval_batch_size 16 --gradient_checkpointing false)
+  smoke_flags 2 16 1e-3 --split_dataset_ratio 0.1 --eval_steps 1 --per_device_eval_batch_size 16
 else
   MODEL="${MODEL:-Qwen/Qwen2.5-1.5B-Instruct}"
   DATASET="${DATASET:-AI-MO/NuminaMath-TIR#5000}"
@@ -29,14 +25,12 @@ else
 fi
 set -x
 $SWIFT rlhf \
-  --rlhf_type grpo \
+  "${CISPO[@]}" \
   --model "$MODEL" \
   --dataset "$DATASET" \
   --columns "$COLUMNS" \
   "${SYSTEM_FLAG[@]}" \
   --reward_funcs accuracy format \
   --reward_weights 1.0 0.5 \
-  --loss_type cispo \
-  --epsilon_high 5.0 \
   --output_dir "${OUTPUT_DIR:-output/cispo_math-$(date +%Y%m%d-%H%M%S)}" \
   "${EXTRA[@]}" "$@"

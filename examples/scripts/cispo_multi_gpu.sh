@@ -9,19 +9,16 @@
 # $DEEPSPEED: zero2, zero3, zero2_offload, zero3_offload or a DeepSpeed JSON file (default zero3).
 # $TRAIN_TYPE: full or lora (default full).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-SWIFT="${SWIFT:-swift}"
+source "$(dirname "$0")/_common.sh"  # repository root, $SWIFT, the demo for SMOKE=1
 PLUGIN=examples/scripts/reward_plugin.py
 DEEPSPEED="${DEEPSPEED:-zero3}"
 TRAIN_TYPE="${TRAIN_TYPE:-full}"
-DEMO_DATA="$(python3 -c 'import swift_cispo.demo as d; print(d.DEMO_DATASET_PATH)' 2>/dev/null || echo swift_cispo/demo/addition.jsonl)"
-if [ "${SMOKE:-0}" = "1" ]; then
+if smoke; then
   export NPROC_PER_NODE="${NPROC_PER_NODE:-2}"
-  MODEL="$(dirname "$DEMO_DATA")/model"
+  MODEL="$DEMO_MODEL"
   DATASET="$DEMO_DATA#64"
   # Rollouts from the trainer's own generate(): vLLM colocated on CPU is slow to start in every process.
-  EXTRA=(--max_steps 2 --per_device_train_batch_size 8 --num_generations 4 --max_completion_length 4
-         --learning_rate 1e-3 --logging_steps 1 --gradient_checkpointing false)
+  smoke_flags 2 8 1e-3
 else
   export NPROC_PER_NODE="${NPROC_PER_NODE:-8}"
   MODEL="${MODEL:-Qwen/Qwen2.5-7B-Instruct}"
@@ -34,13 +31,11 @@ else
 fi
 set -x
 $SWIFT rlhf \
-  --rlhf_type grpo \
+  "${CISPO[@]}" \
   --model "$MODEL" \
   --dataset "$DATASET" \
   --external_plugins "$PLUGIN" \
   --reward_funcs answer_match \
-  --loss_type cispo \
-  --epsilon_high 5.0 \
   --train_type "$TRAIN_TYPE" \
   --deepspeed "$DEEPSPEED" \
   --output_dir "${OUTPUT_DIR:-output/cispo_multi_gpu-$(date +%Y%m%d-%H%M%S)}" \

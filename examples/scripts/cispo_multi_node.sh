@@ -7,16 +7,13 @@
 #   node 1:  NNODES=2 NODE_RANK=1 MASTER_ADDR=10.0.0.1 OUTPUT_DIR=/shared/run1 DATASET=train.jsonl bash examples/scripts/cispo_multi_node.sh
 #   SMOKE=1 bash examples/scripts/cispo_multi_node.sh   # both "nodes" on this machine, 1 CPU process each, demo model
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-SWIFT="${SWIFT:-swift}"
+source "$(dirname "$0")/_common.sh"  # repository root, $SWIFT, the demo for SMOKE=1
 PLUGIN=examples/scripts/reward_plugin.py
-DEMO_DATA="$(python3 -c 'import swift_cispo.demo as d; print(d.DEMO_DATASET_PATH)' 2>/dev/null || echo swift_cispo/demo/addition.jsonl)"
-if [ "${SMOKE:-0}" = "1" ]; then
-  MODEL="$(dirname "$DEMO_DATA")/model"
+if smoke; then
+  MODEL="$DEMO_MODEL"
   DATASET="$DEMO_DATA#64"
   OUTPUT_DIR="${OUTPUT_DIR:-output/cispo_multi_node-$(date +%Y%m%d-%H%M%S)}"
-  EXTRA=(--max_steps 2 --per_device_train_batch_size 8 --num_generations 4 --max_completion_length 4
-         --learning_rate 1e-3 --logging_steps 1 --gradient_checkpointing false)
+  smoke_flags 2 8 1e-3
 else
   MODEL="${MODEL:-Qwen/Qwen2.5-32B-Instruct}"
   DATASET="${DATASET:?set DATASET to a .jsonl file with prompt and answer columns}"
@@ -30,18 +27,16 @@ else
 fi
 train() {
   $SWIFT rlhf \
-    --rlhf_type grpo \
+    "${CISPO[@]}" \
     --model "$MODEL" \
     --dataset "$DATASET" \
     --external_plugins "$PLUGIN" \
     --reward_funcs answer_match \
-    --loss_type cispo \
-    --epsilon_high 5.0 \
     --deepspeed zero3 \
     --output_dir "$OUTPUT_DIR" \
     "${EXTRA[@]}" "$@"
 }
-if [ "${SMOKE:-0}" = "1" ]; then
+if smoke; then
   # Two launchers, as two nodes would run them; node 1 in the background, node 0 here.
   export NNODES=2 NPROC_PER_NODE=1 MASTER_ADDR=127.0.0.1
   export MASTER_PORT="${MASTER_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"

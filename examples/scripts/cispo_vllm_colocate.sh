@@ -7,16 +7,13 @@
 #
 # $DATASET: a .jsonl file with a `prompt` (or `messages`) column and an `answer` column.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-SWIFT="${SWIFT:-swift}"
+source "$(dirname "$0")/_common.sh"  # repository root, $SWIFT, the demo for SMOKE=1
 PLUGIN=examples/scripts/reward_plugin.py
-DEMO_DATA="$(python3 -c 'import swift_cispo.demo as d; print(d.DEMO_DATASET_PATH)' 2>/dev/null || echo swift_cispo/demo/addition.jsonl)"
-if [ "${SMOKE:-0}" = "1" ]; then
-  MODEL="$(dirname "$DEMO_DATA")/model"
+if smoke; then
+  MODEL="$DEMO_MODEL"
   DATASET="$DEMO_DATA#64"
   # On CPU vLLM neither sleeps nor offloads: --sleep_level and --offload_model are GPU-only.
-  EXTRA=(--max_steps 3 --per_device_train_batch_size 16 --num_generations 4 --max_completion_length 4
-         --learning_rate 1e-3 --logging_steps 1 --gradient_checkpointing false)
+  smoke_flags 3 16 1e-3
 else
   MODEL="${MODEL:-Qwen/Qwen2.5-1.5B-Instruct}"
   DATASET="${DATASET:?set DATASET to a .jsonl file with prompt and answer columns}"
@@ -28,13 +25,11 @@ else
 fi
 set -x
 $SWIFT rlhf \
-  --rlhf_type grpo \
+  "${CISPO[@]}" \
   --model "$MODEL" \
   --dataset "$DATASET" \
   --external_plugins "$PLUGIN" \
   --reward_funcs answer_match \
-  --loss_type cispo \
-  --epsilon_high 5.0 \
   --use_vllm true \
   --vllm_mode colocate \
   --output_dir "${OUTPUT_DIR:-output/cispo_vllm_colocate-$(date +%Y%m%d-%H%M%S)}" \

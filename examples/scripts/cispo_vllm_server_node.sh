@@ -9,22 +9,19 @@
 #
 # $PORT: the server's HTTP port (default 8000); the weight-transfer port is --vllm_group_port (default 51216).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-SWIFT="${SWIFT:-swift}"
+source "$(dirname "$0")/_common.sh"  # repository root, $SWIFT, the demo for SMOKE=1
 PLUGIN=examples/scripts/reward_plugin.py
 PORT="${PORT:-8000}"
-DEMO_DATA="$(python3 -c 'import swift_cispo.demo as d; print(d.DEMO_DATASET_PATH)' 2>/dev/null || echo swift_cispo/demo/addition.jsonl)"
-if [ "${SMOKE:-0}" = "1" ]; then
+if smoke; then
   ROLE=both
   HOST=127.0.0.1
   VLLM_HOST=127.0.0.1
   export NPROC_PER_NODE=2
-  MODEL="$(dirname "$DEMO_DATA")/model"
+  MODEL="$DEMO_MODEL"
   DATASET="$DEMO_DATA#64"
   SERVER_ENV=()
   SERVER_EXTRA=(--torch_dtype float32 --vllm_gpu_memory_utilization 0.05)
-  EXTRA=(--max_steps 2 --per_device_train_batch_size 8 --num_generations 4 --max_completion_length 4
-         --learning_rate 1e-3 --logging_steps 1 --gradient_checkpointing false --deepspeed zero2)
+  smoke_flags 2 8 1e-3 --deepspeed zero2
 else
   ROLE="${ROLE:?set ROLE=server on the server node, ROLE=train on the training node(s)}"
   HOST=0.0.0.0  # the server must be reachable from the training node (it binds to 127.0.0.1 by default)
@@ -54,13 +51,11 @@ fi
 
 set -x
 $SWIFT rlhf \
-  --rlhf_type grpo \
+  "${CISPO[@]}" \
   --model "$MODEL" \
   --dataset "$DATASET" \
   --external_plugins "$PLUGIN" \
   --reward_funcs answer_match \
-  --loss_type cispo \
-  --epsilon_high 5.0 \
   --use_vllm true \
   --vllm_mode server \
   --vllm_server_host "$VLLM_HOST" \

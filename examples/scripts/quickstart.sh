@@ -6,10 +6,9 @@
 #
 # MODEL and DATASET override the defaults; extra flags are passed on to `swift rlhf`.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-SWIFT="${SWIFT:-swift}"
+source "$(dirname "$0")/_common.sh"  # repository root, $SWIFT, the demo for SMOKE=1
 OUTPUT_DIR="${OUTPUT_DIR:-output/quickstart-$(date +%Y%m%d-%H%M%S)}"
-if [ "${SMOKE:-0}" = "1" ]; then
+if smoke; then
   # No --model and no --dataset: the embedded demo (a 0.36M-parameter model learning two-number
   # addition, rewarded by exact_match) with its tuned settings; only the length is cut.
   set -x
@@ -20,12 +19,10 @@ set -x
 # NuminaMath-TIR rows have a `messages` column (the user's problem is the prompt) and a `solution`
 # column (a worked solution ending in \boxed{}), which `accuracy` checks the answer against.
 $SWIFT rlhf \
-  --rlhf_type grpo \
+  "${CISPO[@]}" \
   --model "${MODEL:-Qwen/Qwen2.5-0.5B-Instruct}" \
   --dataset "${DATASET:-AI-MO/NuminaMath-TIR#1000}" \
   --reward_funcs accuracy \
-  --loss_type cispo \
-  --epsilon_high 5.0 \
   --num_generations 8 \
   --per_device_train_batch_size 8 \
   --gradient_accumulation_steps 4 \

@@ -15,6 +15,17 @@ from dataclasses import dataclass, field
 from ..rewards.builtin import Cosine, Format, Repetition
 
 
+#: The dtypes ``--torch_dtype`` accepts (``swift rlhf``, ``swift rollout``, ``swift export``); 'auto' keeps the checkpoint's.
+TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def torch_dtype_field(what: str, advice: str = ""):
+    """A command's ``--torch_dtype`` field; ``what`` says what runs in that dtype."""
+    named = ", ".join(f"'{name}'" for name in TORCH_DTYPES[1:-1]) + f" or '{TORCH_DTYPES[-1]}'"
+    text = f"{what}: 'auto' (the checkpoint's), {named}." + (f" {advice}" if advice else "")
+    return field(default="auto", metadata={"help": text, "choices": list(TORCH_DTYPES)})
+
+
 def _reward_default(orm_class: type, parameter: str):
     """The default of a built-in reward's constructor parameter: the flag's default is written once, there."""
     return inspect.signature(orm_class).parameters[parameter].default
@@ -29,13 +40,7 @@ class ModelArguments:
             "--dataset to train the embedded demo."
         },
     )
-    torch_dtype: str = field(
-        default="auto",
-        metadata={
-            "help": "Dtype the weights are loaded in: 'auto' (the checkpoint's), 'float32', 'bfloat16' or 'float16'.",
-            "choices": ["auto", "float32", "bfloat16", "float16"],
-        },
-    )
+    torch_dtype: str = torch_dtype_field("Dtype the weights are loaded in")
     train_type: str = field(
         default="full",
         metadata={

@@ -11,7 +11,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, first_line
+from .args import torch_dtype_field
 from .parser import make_parser, normalise_flags
 
 logger = logging.getLogger("swift_cispo")
@@ -37,13 +38,7 @@ class ExportArguments:
         default=None,
         metadata={"help": "Where the merged model is written; must be new or empty. Default: '<adapters>-merged'."},
     )
-    torch_dtype: str = field(
-        default="auto",
-        metadata={
-            "help": "Dtype of the merged weights: 'auto' (the base checkpoint's), 'float32', 'bfloat16' or 'float16'.",
-            "choices": ["auto", "float32", "bfloat16", "float16"],
-        },
-    )
+    torch_dtype: str = torch_dtype_field("Dtype of the merged weights")
 
 
 def parse(argv: list[str]) -> ExportArguments:
@@ -80,17 +75,16 @@ def run(argv: list[str]) -> int:
         raise UserError(f"--adapters {args.adapters} holds no {ADAPTER_CONFIG}; give the folder a --train_type lora run saved")
     base = base_model_of(adapters, args.model)
 
-    from .model import check_model_source
+    from .model import check_model_source, resolve_dtype
     from .outputs import remove_if_empty, resolve_output_dir
 
     check_model_source(base)
     output_dir = resolve_output_dir(args.output_dir or f"{str(adapters).rstrip('/')}-merged", "export")
 
-    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = "auto" if args.torch_dtype == "auto" else getattr(torch, args.torch_dtype)
+    dtype = resolve_dtype(args.torch_dtype)
     logger.info("merging %s into %s", adapters, base)
     try:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
@@ -100,7 +94,7 @@ def run(argv: list[str]) -> int:
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source))
     except (OSError, ValueError, RuntimeError) as err:
         remove_if_empty(output_dir)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise UserError(f"could not merge {adapters} into {base}: {reason}") from None
     merged.save_pretrained(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))

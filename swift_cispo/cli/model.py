@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 
 def check_model_source(source: str) -> None:
@@ -15,15 +15,21 @@ def check_model_source(source: str) -> None:
         raise UserError(f"model path {source} does not exist (give a local model folder or a hub model id)")
 
 
+def resolve_dtype(name: str):
+    """A ``--torch_dtype`` value as transformers' ``dtype`` argument: 'auto', or the torch dtype of that name."""
+    import torch
+
+    return "auto" if name == "auto" else getattr(torch, name)
+
+
 def load_model_and_tokenizer(model_args):
     """``ModelArguments`` -> (causal LM, tokenizer with a pad token); a model that cannot load is a UserError."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = model_args.model
     check_model_source(source)
     local = Path(source).expanduser()
-    dtype = "auto" if model_args.torch_dtype == "auto" else getattr(torch, model_args.torch_dtype)
+    dtype = resolve_dtype(model_args.torch_dtype)
     attention = {"attn_implementation": model_args.attn_impl} if getattr(model_args, "attn_impl", None) else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -33,7 +39,7 @@ def load_model_and_tokenizer(model_args):
             str(local) if local.exists() else source, trust_remote_code=model_args.trust_remote_code
         )
     except (OSError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise UserError(f"could not load model {source}: {reason}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -10,7 +10,7 @@ import difflib
 import json
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .args import ALIASES
 
 
@@ -44,7 +44,7 @@ def _config_to_argv(path_str: str) -> list[str]:
 
             data = yaml.safe_load(text)
     except Exception as err:
-        raise UserError(f"config file {path_str} could not be parsed: {str(err).splitlines()[0]}") from None
+        raise UserError(f"config file {path_str} could not be parsed: {first_line(err)}") from None
     if data is None:
         return []
     if not isinstance(data, dict):

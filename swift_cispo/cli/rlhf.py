@@ -6,7 +6,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .args import ALIASES, DataArguments, ModelArguments, RLHFArguments, training_arguments_class
 from .model import check_context_length, check_model_source, load_model_and_tokenizer, lora_config
 from .outputs import launcher_output_dir, remove_if_empty, resolve_output_dir, worker_output_dir
@@ -69,7 +69,7 @@ def _as_tokens(name: str, value) -> list[str]:
 def run(argv: list[str]) -> int:
     model_args, data_args, rlhf_args, train_args, demo = parse(argv)
 
-    from ..callbacks import check_reporting
+    from .reporting import check_reporting
     from ..distributed.launch import launch, launch_plan
 
     plan = launch_plan(needs_launcher=bool(train_args.deepspeed))
@@ -187,7 +187,7 @@ def build_config(train_args, output_dir: Path, num_rewards: int, validate_only: 
             resolve_deepspeed_config(fields.pop("deepspeed"))
         config = GRPOConfig(**fields)
     except ValueError as err:
-        raise UserError(str(err).strip().splitlines()[0]) from None
+        raise UserError(first_line(err)) from None
     if config.reward_weights is not None and len(config.reward_weights) != num_rewards:
         raise UserError(
             f"--reward_weights has {len(config.reward_weights)} values for {num_rewards} reward functions; give one per function"
@@ -222,7 +222,7 @@ def _strategy(value) -> str:
 def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path, eval_dataset=None, peft_config=None) -> int:
     from transformers.trainer_callback import ProgressCallback
 
-    from ..callbacks import CURVES_FILE, METRICS_FILE, MetricsFileCallback
+    from ..records import CURVES_FILE, METRICS_FILE, MetricsFileCallback
     from ..trainers import GRPOTrainer
     from .progress import CompactProgressCallback
 
@@ -244,7 +244,7 @@ def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path, ev
         if peft_config is None or "target modules" not in str(err).lower():
             raise
         remove_if_empty(output_dir)
-        raise UserError(f"--target_modules {' '.join(peft_config.target_modules)}: {str(err).splitlines()[0]}") from None
+        raise UserError(f"--target_modules {' '.join(peft_config.target_modules)}: {first_line(err)}") from None
     except RolloutServerError:
         remove_if_empty(output_dir)
         raise

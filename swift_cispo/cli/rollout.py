@@ -6,7 +6,8 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from ..errors import UserError
+from ..errors import UserError, first_line
+from .args import torch_dtype_field
 from .parser import make_parser, normalise_flags
 
 logger = logging.getLogger("swift_cispo")
@@ -26,13 +27,8 @@ class RolloutArguments:
         },
     )
     port: int = field(default=8000, metadata={"help": "Port to listen on."})
-    torch_dtype: str = field(
-        default="auto",
-        metadata={
-            "help": "Dtype vLLM runs in: 'auto' (the checkpoint's), 'float32', 'bfloat16' or 'float16'. Match the "
-            "trainer's, or the rollout correction has a precision gap to absorb.",
-            "choices": ["auto", "float32", "bfloat16", "float16"],
-        },
+    torch_dtype: str = torch_dtype_field(
+        "Dtype vLLM runs in", "Match the trainer's, or the rollout correction has a precision gap to absorb."
     )
     vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs the served model is split over."})
     vllm_gpu_memory_utilization: float | None = field(
@@ -129,7 +125,7 @@ def run(argv: list[str]) -> int:
             trust_remote_code=args.trust_remote_code,
         )
     except (ValueError, RuntimeError, OSError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise UserError(f"vLLM could not start {args.model}: {reason}") from None
     engine = RolloutEngine(llm, args.model)
     logger.info("serving %s on http://%s:%d (train with --use_vllm true --vllm_mode server --vllm_server_host %s "

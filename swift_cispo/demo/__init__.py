@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from swift_cispo.demo.task import make_problems, reward_exact_match, score
+from swift_cispo.demo.task import make_problems
+from swift_cispo.rewards.builtin import score
 
 _HERE = Path(__file__).resolve().parent
 
@@ -59,6 +60,5 @@ __all__ = [
     "DEMO_HPARAMS",
     "DEMO_MODEL_DIR",
     "make_problems",
-    "reward_exact_match",
     "score",
 ]

@@ -1,7 +1,7 @@
-"""The demo's verifiable toy task: two-operand addition, scored by exact match.
+"""The demo's verifiable toy task: two-operand addition, scored by exact match (the ``exact_match`` reward,
+:class:`swift_cispo.rewards.builtin.ExactMatch`).
 
-Pure Python on purpose (no torch): the reward side of an RL run should be cheap and trivially auditable, and the
-build script, the tests and a user's reward function can all share these helpers without pulling in a framework.
+Pure Python on purpose: the problems are plain strings that the build script, the tests and the benchmarks share.
 
 A problem is a prompt such as ``"12+7="`` whose answer is ``"19"``. The model is expected to emit the answer's
 digits followed by its end-of-sequence token; the trainer strips that special token when decoding, so a correct
@@ -54,18 +54,3 @@ def make_problems(n: int | None = None, seed: int = 0, low: int = LOW, high: int
         for i in order[: total - emitted]:
             yield dict(table[i])
             emitted += 1
-
-
-def score(completion: str, answer: str) -> float:
-    """Exact-match reward: 1.0 if ``completion`` equals ``answer`` once surrounding whitespace is stripped, else 0.0."""
-    return 1.0 if completion.strip() == answer.strip() else 0.0
-
-
-def reward_exact_match(completions: list, answer: list[str], **kwargs) -> list[float]:
-    """Reward function with TRL's ``GRPOTrainer`` signature, for the demo's ``answer`` column.
-
-    Completions are plain strings for plain-text prompts; for conversational prompts TRL passes lists of messages,
-    in which case the (single) assistant message's content is scored.
-    """
-    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
-    return [score(text, ans) for text, ans in zip(texts, answer, strict=True)]

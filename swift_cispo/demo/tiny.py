@@ -89,13 +89,16 @@ def build_model(tokenizer: Qwen2Tokenizer, hidden: int = 128, layers: int = 2, m
     return Qwen2ForCausalLM(config)
 
 
-def save_random_model(path, hidden: int = 128, layers: int = 2, max_positions: int = 64, seed: int = 0):
-    """:func:`build_model` with the demo's tokenizer, seeded, saved with the tokenizer into ``path``."""
+def save_random_model(path, hidden: int = 128, layers: int = 2, max_positions: int = 64, seed: int = 0, dtype=None):
+    """:func:`build_model` with the demo's tokenizer, seeded, saved with the tokenizer into ``path``
+    (in ``dtype``, a torch dtype, when given; else in the default dtype)."""
     import torch
 
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
     model = build_model(tokenizer, hidden, layers, max_positions)
+    if dtype is not None:
+        model.to(dtype)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(path)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import first_line
+
 DEEPSPEED_CONFIG_DIR = Path(__file__).parent / "deepspeed"
 
 #: Names accepted by ``--deepspeed`` besides a path to a JSON file (ms-swift's built-in names).
@@ -33,7 +35,7 @@ def resolve_deepspeed_config(value: str | dict | None) -> dict | None:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"--deepspeed {value}: {path} is not valid JSON ({str(err).splitlines()[0]})") from None
+        raise ValueError(f"--deepspeed {value}: {path} is not valid JSON ({first_line(err)})") from None
     if not isinstance(config, dict):
         raise ValueError(f"--deepspeed {value}: {path} must hold a JSON object of DeepSpeed settings")
     stage = config.get("zero_optimization", {}).get("stage", 0)

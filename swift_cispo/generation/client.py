@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import requests
 import torch
 
-from ..errors import ReportedError
+from ..errors import ReportedError, first_line
 from .wire import DEFAULT_BUCKET_BYTES, bucket_weights
 
 
@@ -114,7 +114,7 @@ class RolloutClient:
         except Exception as err:
             raise RolloutServerError(
                 f"could not join the weight-transfer group of the rollout server at {self.host}:{group_port} "
-                f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}); open that port "
+                f"({first_line(err)}); open that port "
                 "or choose another with --vllm_group_port, or use --vllm_weight_transport http"
             ) from None
         self.group_device = device

@@ -1,4 +1,4 @@
-"""The built-in rewards: math accuracy, output format, length-aware accuracy, repetition and overlong penalties.
+"""The built-in rewards: exact match, math accuracy, output format, length-aware accuracy, repetition and overlong penalties.
 
 Each is an :class:`~swift_cispo.rewards.ORM` whose constructor parameters are named like the
 ``swift rlhf`` flags that set them (``--cosine_max_len`` -> ``Cosine(cosine_max_len=...)``); the
@@ -59,6 +59,23 @@ def math_accuracy(completion: str, reference: str) -> float | None:
     if not predicted:
         return 0.0
     return float(verify(gold, predicted, timeout_seconds=_math_verify_timeout()))
+
+
+def score(completion: str, answer: str) -> float:
+    """Exact match: 1.0 if ``completion`` equals ``answer`` once surrounding whitespace is stripped, else 0.0."""
+    return 1.0 if completion.strip() == answer.strip() else 0.0
+
+
+class ExactMatch(ORM):
+    """1.0 when the completion, stripped of surrounding whitespace, equals the row's ``answer``, else 0.0.
+
+    The embedded demo's reward. Needs an ``answer`` column in the dataset.
+    """
+
+    def __call__(self, completions: list, answer: list | None = None, **kwargs) -> list[float]:
+        if answer is None:
+            raise UserError("the exact_match reward needs an 'answer' column in the dataset")
+        return [score(completion_text(c), str(a)) for c, a in zip(completions, answer)]
 
 
 def _references(name: str, solution, answer) -> list:

@@ -23,7 +23,8 @@ import torch
 from accelerate.utils import gather
 from trl import GRPOTrainer as TRLGRPOTrainer
 
-from ..callbacks import COMPLETIONS_FILE, NonFiniteGradientGuard, append_jsonl, completion_rows
+from ..callbacks import NonFiniteGradientGuard
+from ..records import COMPLETIONS_FILE, append_jsonl, completion_rows
 from ..checkpoints import load_rollout_state, save_rollout_state, saved_rollout_ranks
 from ..cli.outputs import remove_if_empty
 from ..errors import NonFiniteError

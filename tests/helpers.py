@@ -1,0 +1,99 @@
+"""Helpers shared by the test modules (imported as ``from helpers import ...``; fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from swift_cispo.distributed.launch import free_port  # noqa: F401  (re-exported: one free-port helper)
+
+REPO = Path(__file__).resolve().parents[1]
+
+FAST = [
+    "--max_steps", "2",
+    "--num_generations", "4",
+    "--per_device_train_batch_size", "8",
+    "--max_completion_length", "4",
+    "--learning_rate", "1e-3",
+    "--logging_steps", "1",
+    "--gradient_checkpointing", "false",
+]  # fmt: skip
+
+LAUNCH_VARIABLES = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def swift(*args, cwd: Path, timeout: int = 300, **extra_env: str) -> subprocess.CompletedProcess:
+    """``python -m swift_cispo ARGS`` from this checkout; launch variables only where a test sets them."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
+    env.update({"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra_env})
+    return subprocess.run(
+        [sys.executable, "-m", "swift_cispo", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def swift_in_process(*args, capsys) -> subprocess.CompletedProcess:
+    """``swift ARGS`` through ``swift_cispo.cli.main.main`` in this process: its exit code and stderr.
+
+    For input that is refused before training (seconds, not a new interpreter). ``main`` sets up the
+    package logger for the command line; it is put back afterwards so that later tests' caplog sees it.
+    """
+    from swift_cispo.cli.main import main
+
+    log = logging.getLogger("swift_cispo")
+    saved = (log.handlers[:], log.level, log.propagate)
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit:  # --help
+        code = exit.code
+    finally:
+        log.handlers[:], log.level, log.propagate = saved
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["swift", *map(str, args)], code, captured.out, captured.err)
+
+
+def read_metrics(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "logging.jsonl").read_text().splitlines()]
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit 2, no traceback, exactly one ``: error: `` line, holding every fragment; returns that line."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    error_lines = [line for line in result.stderr.splitlines() if ": error: " in line]
+    assert len(error_lines) == 1, result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in error_lines[0], error_lines[0]
+    return error_lines[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (a server's HTTP and weight-transfer ports must differ)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+def grpo_config(tmp_path: Path, **overrides):
+    """A ``swift_cispo.GRPOConfig`` for the tiny model on the CPU: 3 steps of 8 completions (4 per prompt), no saving."""
+    from swift_cispo import GRPOConfig
+
+    fields = dict(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_generations=4, max_completion_length=4,
+        learning_rate=5e-3, max_steps=3, logging_steps=1, report_to="none", use_cpu=True, save_strategy="no",
+        gradient_checkpointing=False, seed=0, bf16=False,
+    )  # fmt: skip
+    fields.update(overrides)
+    return GRPOConfig(**fields)
