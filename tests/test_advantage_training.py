@@ -12,7 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_rloo_advantages_are_leave_one_out_in_a_training_run(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("beta", ["0.0", "0.04"])
+def test_rloo_advantages_are_leave_one_out_in_a_training_run(beta, tmp_path, tiny_model_dir):
+    """beta 0: the advantages are exactly leave-one-out; beta 0.04: ms-swift's rloo default kl_in_reward true trains."""
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"{i}+{i}="}) + "\n" for i in range(8)))
     plugin = tmp_path / "length_reward.py"
@@ -31,12 +33,15 @@ def test_rloo_advantages_are_leave_one_out_in_a_training_run(tmp_path, tiny_mode
         [sys.executable, "-m", "swift_cispo", "rlhf", "--model", str(tiny_model_dir), "--dataset", str(data),
          "--external_plugins", str(plugin), "--reward_funcs", "length", "--advantage_estimator", "rloo",
          "--num_generations", "4", "--per_device_train_batch_size", "8", "--max_completion_length", "6",
-         "--temperature", "1.0", "--max_steps", "1", "--log_completions", "true", "--output_dir", str(out)],
+         "--temperature", "1.0", "--max_steps", "1", "--beta", beta, "--log_completions", "true", "--output_dir", str(out)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
     assert len(rows) == 8
+    if beta != "0.0":  # the KL moved into the reward: advantages are no longer the rewards' alone, the KL is still logged
+        assert any("kl" in json.loads(line) for line in (out / "logging.jsonl").read_text().splitlines())
+        return
     checked = 0
     for start in range(0, 8, 4):  # groups of 4 consecutive completions of one prompt
         group = rows[start : start + 4]

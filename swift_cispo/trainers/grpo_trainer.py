@@ -284,14 +284,16 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
         if rollout_weight is not None:  # sampler-vs-trainer correction, separate from the loss's own weight
             per_token_loss = per_token_loss * rollout_weight
             self._log_token_means(mode, mask, **{"rollout_is/weight_mean": rollout_weight})
-        if self.beta != 0.0 and not self.args.kl_in_reward:  # with kl_in_reward the KL shaped the reward instead
+        per_token_kl = None
+        if self.beta != 0.0:
             per_token_kl = k3_kl(log_probs, inputs["ref_per_token_logps"])
             if self.args.use_bias_correction_kl:
                 # DeepSeek-V3.2's unbiased reverse-KL gradient: the ratio is *not* detached, so it shapes
                 # the KL gradient even on-policy where its value is 1 (TRL's default).
                 level = self.loss_config.importance_sampling_level
                 per_token_kl = per_token_kl * torch.exp(log_importance_ratio(log_probs, old_log_probs, mask, level))
-            per_token_loss = per_token_loss + self.beta * per_token_kl
+            if not self.args.kl_in_reward:  # with kl_in_reward the KL shaped the reward instead (still logged)
+                per_token_loss = per_token_loss + self.beta * per_token_kl
 
         context = ReductionContext(
             num_processes=self.accelerator.num_processes,
@@ -313,8 +315,8 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
 
         self._log_token_means(mode, mask, entropy=entropies, **out.metrics)
         self._log_token_maxima(mode, mask, **out.maxima)
-        if self.beta != 0.0:
-            self._log_token_means(mode, mask, kl=per_token_kl)
+        if per_token_kl is not None:
+            self._log_token_means(mode, mask, kl=per_token_kl.detach())
         self._flush_window_metrics(mode)
         return loss
 
