@@ -45,7 +45,7 @@ class GRPOConfig(TRLGRPOConfig):
             "help": "Per-token policy loss, looked up in the loss registry. Built in: 'cispo' (clipped, "
             "stop-gradient importance weight times log-prob; every token keeps its gradient), and the PPO-clip "
             "family 'grpo' (per-sequence mean), 'bnpo' (local batch token mean), 'dr_grpo' (constant length), "
-            "'dapo' (global token mean). Plugins may register more."
+            "'dapo' (global token mean); 'sapo' (a soft sigmoid gate instead of a clip, --tau_pos/--tau_neg). Plugins may register more."
         },
     )
     epsilon_high: float | None = field(
