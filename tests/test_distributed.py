@@ -171,7 +171,7 @@ def test_deepspeed_configs(tmp_path):
         return config["zero_optimization"]["stage"]
 
     stages = {name: zero_stage(resolve_deepspeed_config(name)) for name in BUILTIN_DEEPSPEED}
-    assert stages == {"zero2": 2, "zero3": 3, "zero2_offload": 2, "zero3_offload": 3}
+    assert stages == {"zero0": 0, "zero1": 1, "zero2": 2, "zero3": 3, "zero2_offload": 2, "zero3_offload": 3}
     offload = resolve_deepspeed_config("zero3_offload")["zero_optimization"]
     assert offload["offload_optimizer"]["device"] == offload["offload_param"]["device"] == "cpu"
     # batch sizes are left to the trainer's flags

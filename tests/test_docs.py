@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from swift_cispo.cli.args import TRAINING_FLAGS
-from swift_cispo.cli.reference import render
+from swift_cispo.cli.reference import render, render_migration
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,6 +16,23 @@ def test_cli_reference_is_current():
 def test_cli_reference_lists_every_flag():
     text = render()
     for name in (*TRAINING_FLAGS, "model", "dataset", "reward_funcs", "external_plugins", "rlhf_type", "system"):
+        assert f"| `--{name}` |" in text
+
+
+def test_migration_guide_is_current():
+    current = (REPO / "docs" / "migrating-from-ms-swift.md").read_text(encoding="utf-8")
+    assert current == render_migration(), "docs/migrating-from-ms-swift.md is stale: run `python scripts/gen_cli_reference.py`"
+
+
+def test_migration_guide_lists_every_catalogued_flag_once():
+    from swift_cispo.cli.msswift import catalogue
+
+    text = render_migration()
+    flags = catalogue()
+    assert len(flags) > 350  # ms-swift 4.6's GRPO flags, all sections
+    for name in flags:
+        assert text.count(f"| `--{name}` |") == 1, name
+    for name in ("dataloader_num_workers", "warmup_ratio", "chord_mu_peak", "multi_turn_scheduler", "quant_bits"):
         assert f"| `--{name}` |" in text
 
 

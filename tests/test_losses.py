@@ -122,8 +122,8 @@ def test_registry_lists_the_built_in_losses():
 
 
 def test_unknown_loss_lists_the_registered_ones():
-    with pytest.raises(ValueError, match=r"unknown loss_type 'sapo'; registered loss types: bnpo, cispo, dapo"):
-        get_loss("sapo")
+    with pytest.raises(ValueError, match=r"unknown loss_type 'vespo'; registered loss types: bnpo, cispo, dapo"):
+        get_loss("vespo")
 
 
 def test_register_loss_adds_a_loss_and_rejects_unknown_reductions():
@@ -239,3 +239,45 @@ def test_sequence_level_ratio_is_the_geometric_mean_of_the_token_ratios(cap):
             expected[i, t] = -min(geo, cap) * adv[i, 0].item() / n_total
     torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-15)
     assert (capped > 0) == (cap < 2)  # the tight cap really binds
+
+
+# --------------------------------------------------------------------------- SAPO
+def ref_token_grad_sapo(lp, old, a, tau_pos, tau_neg):
+    """d/d lp of -sigmoid(tau (r - 1)) * 4 / tau * A with r = exp(lp - old): -A * 4 s (1 - s) * r."""
+    tau = tau_pos if a > 0 else tau_neg
+    r = math.exp(lp - old)
+    s = 1 / (1 + math.exp(-tau * (r - 1)))
+    return -a * 4 * s * (1 - s) * r
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sapo_gradient_matches_reference(seed):
+    tau_pos, tau_neg = 1.0, 1.05
+    log_probs, old, adv, mask = make_batch(seed, spread=0.6)
+    config = LossConfig(sapo_tau_pos=tau_pos, sapo_tau_neg=tau_neg)
+    ctx = ReductionContext(max_completion_length=mask.size(1), window_num_tokens=torch.tensor(float(mask.sum())))
+    value, grad = library_grad("sapo", log_probs, old, adv, mask, config, ctx)
+    batch, length = mask.shape
+    ref_value, ref_grad = 0.0, torch.zeros(batch, length)
+    for i in range(batch):
+        n_i = int(mask[i].sum().item())
+        for t in range(n_i):  # sequence mean of the token mean, as grpo
+            lp, o, a = log_probs[i, t].item(), old[i, t].item(), adv[i, 0].item()
+            tau = tau_pos if a > 0 else tau_neg
+            r = math.exp(lp - o)
+            ref_value += -(4 / tau) / (1 + math.exp(-tau * (r - 1))) * a / (batch * n_i)
+            ref_grad[i, t] = ref_token_grad_sapo(lp, o, a, tau_pos, tau_neg) / (batch * n_i)
+    assert value == pytest.approx(ref_value, rel=1e-12, abs=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-14)
+
+
+def test_sapo_is_the_policy_gradient_on_policy_and_fades_off_policy():
+    """w(1) = 1: on-policy SAPO's gradient equals REINFORCE's; far off-policy it is small but not zero."""
+    lp = torch.tensor([[-1.0, -1.0]], requires_grad=True)
+    old = torch.tensor([[-1.0, -1.0 - 3.0]])  # second token: r = e^3
+    adv = torch.tensor([[2.0]])
+    out = get_loss("sapo").fn(lp, old, adv, torch.ones(1, 2), LossConfig(sapo_tau_pos=1.0, sapo_tau_neg=1.05))
+    out.per_token_loss.sum().backward()
+    assert lp.grad[0, 0].item() == pytest.approx(-2.0, rel=1e-12)
+    assert -2.0 * math.exp(3) < lp.grad[0, 1].item() < 0  # damped below the unclipped -A r, still pushing
+    assert abs(lp.grad[0, 1].item()) < 1.0

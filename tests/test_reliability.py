@@ -315,7 +315,7 @@ def test_a_folder_the_user_had_is_never_removed(tmp_path, tiny_model_dir):
     from swift_cispo.cli.rlhf import run
 
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"question": "no prompt column"}\n')
+    bad.write_text('{"notes": "no prompt column"}\n')
     argv = ["--model", str(tiny_model_dir), "--dataset", str(bad), "--reward_funcs", "exact_match"]
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -43,8 +43,8 @@ def test_epsilon_high_validation(tmp_path, caplog):
 
 
 def test_loss_type_is_checked_against_the_registry(tmp_path):
-    with pytest.raises(ValueError, match="unknown loss_type 'sapo'; registered loss types: bnpo, cispo, dapo, dr_grpo, grpo"):
-        grpo_config(tmp_path, loss_type="sapo")
+    with pytest.raises(ValueError, match="unknown loss_type 'vespo'; registered loss types: bnpo, cispo, dapo, dr_grpo, grpo, sapo"):
+        grpo_config(tmp_path, loss_type="vespo")
 
 
 def _other_than(off):

@@ -65,6 +65,15 @@ class ModelArguments:
         default=False,
         metadata={"help": "Allow the model folder's own Python code to run when it is loaded. Off unless asked for."},
     )
+    attn_impl: str | None = field(
+        default=None,
+        metadata={
+            "help": "Attention implementation the model is loaded with (transformers' attn_implementation): 'sdpa', "
+            "'eager', 'flash_attention_2' ('flash_attn' is its ms-swift spelling), 'flash_attention_3'. Default: the "
+            "model config's. The flash-attn ones need a CUDA GPU and the flash-attn package.",
+            "choices": ["sdpa", "eager", "flash_attn", "flash_attention_2", "flash_attention_3"],
+        },
+    )
 
 
 @dataclass
@@ -80,7 +89,50 @@ class DataArguments:
     )
     system: str | None = field(
         default=None,
-        metadata={"help": "System prompt put before every prompt (the prompt becomes a chat conversation)."},
+        metadata={
+            "help": "System prompt put before every prompt (the prompt becomes a chat conversation). A path to an "
+            "existing file (ms-swift's prompt.txt) is read as the prompt."
+        },
+    )
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Longest prompt in tokens (ms-swift: for GRPO, max_length is the prompt length). Longer prompts are "
+            "handled by --truncation_strategy and counted in the log. Default: no limit."
+        },
+    )
+    truncation_strategy: str = field(
+        default="left",
+        metadata={
+            "help": "What happens to a prompt longer than --max_length: 'left' keeps its last max_length tokens (the "
+            "prompt is then rendered text, no longer chat messages), 'delete' drops the row. ms-swift's 'right' and "
+            "'split' are refused for GRPO there and here.",
+            "choices": ["left", "delete"],
+        },
+    )
+    dataset_num_proc: int = field(
+        default=1, metadata={"help": "Processes that format the dataset rows (datasets' map num_proc), >= 1."}
+    )
+    load_from_cache_file: bool = field(
+        default=False,
+        metadata={
+            "help": "Reuse the datasets library's cache of the formatted rows from an earlier run with the same data "
+            "and settings (ms-swift's meaning); off: format them again."
+        },
+    )
+    enable_thinking: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Passed to the chat template as enable_thinking (Qwen3-style hybrid thinking models). Default: the "
+            "template's own default. A template that does not read it renders the same prompt."
+        },
+    )
+    stop_words: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Strings that end a completion when generated (vLLM's stop, transformers' stop_strings). "
+            "The stop string is kept in the completion."
+        },
     )
     columns: str | None = field(
         default=None,
@@ -88,6 +140,13 @@ class DataArguments:
             "help": "Rename dataset columns before use, as a JSON object old -> new, e.g. "
             "'{\"question\": \"prompt\", \"solution\": \"answer\"}' (in a YAML config, a mapping). Applied to every "
             "--dataset that has the old column; a name no dataset has is an error."
+        },
+    )
+    disable_auto_column_mapping: bool = field(
+        default=False,
+        metadata={
+            "help": "Off (ms-swift's default): a dataset with no 'prompt' or 'messages' column takes its first 'query', "
+            "'question', 'problem', 'instruction' or 'input' column as the prompt. On: only --columns renames."
         },
     )
     split_dataset_ratio: float = field(
@@ -197,8 +256,14 @@ TRAINING_FLAGS = (
     "beta",
     "num_iterations",
     "scale_rewards",
+    "advantage_estimator",
+    "kl_in_reward",
     "reward_weights",
     "mask_truncated_completions",
+    "delta",
+    "top_entropy_quantile",
+    "sapo_temperature_pos",
+    "sapo_temperature_neg",
     # rollouts
     "num_generations",
     "max_completion_length",
@@ -208,6 +273,7 @@ TRAINING_FLAGS = (
     "min_p",
     "repetition_penalty",
     "steps_per_generation",
+    "generation_batch_size",
     "num_generations_eval",
     # vLLM rollouts
     "use_vllm",
@@ -220,17 +286,22 @@ TRAINING_FLAGS = (
     "vllm_weight_transport",
     "vllm_group_port",
     "async_generate",
+    "dynamic_sample",
+    "max_resample_times",
     "vllm_gpu_memory_utilization",
     "vllm_max_model_length",
     "vllm_tensor_parallel_size",
     "sleep_level",
     "offload_model",
+    "ds3_gather_for_generation",
     # optimisation
     "per_device_train_batch_size",
     "gradient_accumulation_steps",
     "learning_rate",
     "lr_scheduler_type",
     "warmup_steps",
+    "lr_scheduler_kwargs",
+    "optim",
     "weight_decay",
     "max_grad_norm",
     "adam_beta1",
@@ -240,22 +311,34 @@ TRAINING_FLAGS = (
     "max_steps",
     "seed",
     "gradient_checkpointing",
+    "gradient_checkpointing_kwargs",
+    "full_determinism",
     "bf16",
     "fp16",
     "use_cpu",
     # scale-out (docs/distributed.md)
     "deepspeed",
+    "ddp_timeout",
+    "ddp_backend",
+    "ddp_find_unused_parameters",
+    # data loading
+    "dataloader_num_workers",
+    "dataloader_persistent_workers",
+    "dataloader_prefetch_factor",
     # evaluation (on the --split_dataset_ratio hold-out)
     "eval_strategy",
     "eval_steps",
     "per_device_eval_batch_size",
+    "eval_on_start",
     # output
     "output_dir",
     "logging_steps",
+    "logging_first_step",
     "save_strategy",
     "save_steps",
     "save_total_limit",
     "save_only_model",
+    "save_on_each_node",
     "resume_from_checkpoint",
     "report_to",
     "log_completions",
@@ -264,6 +347,11 @@ TRAINING_FLAGS = (
 # CLI defaults that differ from the dataclass's: a fresh, timestamped output folder is chosen at
 # run time (see swift_cispo.cli.rlhf) so that no earlier run is overwritten.
 _CLI_DEFAULTS = {"output_dir": None, "report_to": "none", "logging_steps": 5}
+# ms-swift's sleep_level 1 is accepted on the command line (see swift_cispo.cli.msswift); the Python API takes 0 or 2.
+_CLI_CHOICES = {"sleep_level": [0, 1, 2]}
+# ms-swift (and transformers) take several loggers: --report_to tensorboard wandb
+# and several rollout servers (--vllm_server_host h1 h2 --vllm_server_port p1 p2), of which one is built here
+_CLI_TYPES = {"report_to": list[str], "vllm_server_host": list[str], "vllm_server_port": list[int]}
 
 
 def training_arguments_class() -> type:
@@ -280,16 +368,35 @@ def training_arguments_class() -> type:
     for name in TRAINING_FLAGS:
         source = by_name[name]
         metadata = dict(source.metadata)
+        hint = hints[name]
+        if "dict" in str(hint):  # a JSON object on the command line, parsed by transformers/TRL
+            hint = str | None
+            metadata["help"] = metadata.get("help", "") + " Give a JSON object."
+        if name in _CLI_CHOICES:
+            metadata["choices"] = _CLI_CHOICES[name]
+        hint = _CLI_TYPES.get(name, hint)
         if name in _CLI_DEFAULTS:
             default = _CLI_DEFAULTS[name]
-            new_field = field(default=default, metadata=metadata)
+            if hint in (list[str], list[int]):
+                new_field = field(default_factory=lambda default=default: [default], metadata=metadata)
+            else:
+                new_field = field(default=default, metadata=metadata)
+        elif hint in (list[str], list[int]) and not isinstance(source.default, list):
+            new_field = field(default_factory=lambda default=source.default: [default], metadata=metadata)
         elif source.default_factory is not dataclasses.MISSING:
             new_field = field(default_factory=source.default_factory, metadata=metadata)
         else:
             new_field = field(default=source.default, metadata=metadata)
-        spec.append((name, hints[name], new_field))
+        spec.append((name, hint, new_field))
     return dataclasses.make_dataclass("TrainingArguments", spec)
 
 
 #: ms-swift spells some flags two ways; the second name maps to the first.
-ALIASES = {"tuner_type": "train_type", "vllm_max_model_len": "vllm_max_model_length"}
+ALIASES = {
+    "tuner_type": "train_type",
+    "vllm_max_model_len": "vllm_max_model_length",
+    "vllm_server_group_port": "vllm_group_port",
+    "overlong_filter": "mask_truncated_completions",  # ms-swift: truncated completions take no part in the loss
+    "tau_pos": "sapo_temperature_pos",  # SAPO's gate temperatures, ms-swift's names
+    "tau_neg": "sapo_temperature_neg",
+}

@@ -123,9 +123,10 @@ def load_model_and_tokenizer(model_args):
     check_model_source(source, model_args.trust_remote_code)
     local = Path(source).expanduser()
     dtype = resolve_dtype(model_args.torch_dtype)
+    attention = {"attn_implementation": model_args.attn_impl} if getattr(model_args, "attn_impl", None) else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(local) if local.exists() else source, dtype=dtype, trust_remote_code=model_args.trust_remote_code
+            str(local) if local.exists() else source, dtype=dtype, trust_remote_code=model_args.trust_remote_code, **attention
         )
         tokenizer = AutoTokenizer.from_pretrained(
             str(local) if local.exists() else source, trust_remote_code=model_args.trust_remote_code
@@ -136,6 +137,16 @@ def load_model_and_tokenizer(model_args):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def check_context_length(model, config) -> None:
+    """vLLM refuses a --vllm_max_model_len beyond the model's positions with a traceback from inside its engine."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    wanted = config.vllm_max_model_length
+    if config.use_vllm and config.vllm_mode == "colocate" and limit and wanted and wanted > limit:
+        raise UserError(
+            f"--vllm_max_model_len {wanted} is longer than the model's context (max_position_embeddings {limit}); give at most {limit}"
+        )
 
 
 def lora_config(model_args):

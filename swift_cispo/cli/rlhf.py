@@ -8,8 +8,8 @@ import logging
 from pathlib import Path
 
 from ..errors import UserError, first_line
-from .args import DataArguments, ModelArguments, RLHFArguments, training_arguments_class
-from .model import check_model_source, load_model_and_tokenizer, lora_config
+from .args import ALIASES, DataArguments, ModelArguments, RLHFArguments, training_arguments_class
+from .model import check_context_length, check_model_source, load_model_and_tokenizer, lora_config
 from .outputs import launcher_output_dir, remove_if_empty, resolve_output_dir, worker_output_dir
 from .parser import reject_repeated_flags, expand_config_files, explicit_flags, make_parser, normalise_flags, reject_unsupported
 
@@ -17,11 +17,13 @@ logger = logging.getLogger("swift_cispo")
 
 
 def build_parser():
-    """The parser over every ``swift rlhf`` flag (imports TRL's config, for the training flags)."""
-    return make_parser(
-        (ModelArguments, DataArguments, RLHFArguments, training_arguments_class()),
-        prog="swift rlhf",
-    )
+    """The parser over every ``swift rlhf`` flag (imports TRL's config, for the training flags), the ms-swift
+    flags this CLI implements and, declared from the catalogue, the ms-swift flags it does not."""
+    from . import msswift
+
+    own = (ModelArguments, DataArguments, RLHFArguments, training_arguments_class(), msswift.MsSwiftArguments)
+    implemented = {f.name for cls in own for f in dataclasses.fields(cls)} | set(ALIASES)
+    return make_parser((*own, msswift.declared_arguments_class(implemented)), prog="swift rlhf")
 
 
 def parse(argv: list[str]):
@@ -46,11 +48,19 @@ def parse(argv: list[str]):
         raise UserError("--dataset needs --model (omit both to train the embedded demo)")
     elif "dataset" not in given:
         raise UserError("--model needs --dataset (omit both to train the embedded demo)")
-    model_args, data_args, rlhf_args, train_args, remaining = parser.parse_args_into_dataclasses(
+    model_args, data_args, rlhf_args, train_args, ms_args, declared, remaining = parser.parse_args_into_dataclasses(
         args=argv, return_remaining_strings=True
     )
     if remaining:
         raise UserError(f"unexpected argument {remaining[0]!r}; flag values follow their --flag")
+    from . import msswift
+
+    notes = msswift.check_declared(declared)  # ms-swift flags: their default accepted, another value refused
+    notes += msswift.apply(ms_args, model_args, data_args, train_args, given)
+    from ..distributed.launch import launch_plan
+
+    if launch_plan(needs_launcher=bool(train_args.deepspeed)) is None:  # a launcher leaves the telling to its workers
+        msswift.log_notes(notes)
     if data_args.split_dataset_ratio > 0 and "eval_strategy" not in given:
         train_args.eval_strategy = "steps"  # a held-out set is there to be evaluated; every --eval_steps (default: --logging_steps)
     return model_args, data_args, rlhf_args, train_args, demo
@@ -72,7 +82,9 @@ def run(argv: list[str]) -> int:
         # Check everything a worker would check before loading data, so a mistake is reported once, not N times.
         with _quiet():
             _, _, reward_funcs = prepare(model_args, data_args, rlhf_args, train_args, demo)
-            config = build_config(train_args, Path(train_args.output_dir or "output"), len(reward_funcs), world_size=plan.world_size)
+            config = build_config(
+                train_args, Path(train_args.output_dir or "output"), len(reward_funcs), world_size=plan.world_size, template=data_args
+            )
             check_reporting(config.report_to)
         checkpoint = resume_point(train_args, model_args)  # resolved once ("latest"), so that every node resumes the same one
         output_dir = launcher_output_dir(train_args.output_dir, train_args.loss_type, plan, checkpoint)
@@ -86,7 +98,7 @@ def run(argv: list[str]) -> int:
     output_dir = worker_output_dir(train_args.output_dir) or resolve_output_dir(train_args.output_dir, train_args.loss_type, checkpoint)
     train_args.resume_from_checkpoint = None if checkpoint is None else str(checkpoint)
     try:
-        config = build_config(train_args, output_dir, len(reward_funcs))
+        config = build_config(train_args, output_dir, len(reward_funcs), template=data_args)
         check_reporting(config.report_to)
     except UserError:
         remove_if_empty(output_dir)
@@ -95,16 +107,19 @@ def run(argv: list[str]) -> int:
     from ..data import load_datasets, split_for_evaluation
 
     try:
-        dataset = load_datasets(data_args.dataset, seed=config.seed, system=data_args.system, columns=columns)
-        dataset, eval_dataset = split_for_evaluation(dataset, data_args.split_dataset_ratio, config.seed)
+        map_options = {"num_proc": data_args.dataset_num_proc if data_args.dataset_num_proc > 1 else None,
+                       "load_from_cache_file": data_args.load_from_cache_file,
+                       "auto_columns": not data_args.disable_auto_column_mapping}
+        dataset = load_datasets(data_args.dataset, seed=config.seed, system=data_args.system, columns=columns, map_options=map_options)
+        _refuse_empty_run(config, dataset)  # before the weights load: a run that trains nothing must not exit 0
         from ..distributed import prepare_deepspeed
-        from ..trainers.run_checks import empty_run_reason
 
-        reason = empty_run_reason(config, len(dataset))
-        if reason:  # before the weights load: a run that trains nothing must not exit 0 with the base model saved
-            raise UserError(reason)
         prepare_deepspeed(config)  # before the weights load: ZeRO-3 partitions them as they do
         model, tokenizer = load_model_and_tokenizer(model_args)
+        check_context_length(model, config)
+        dataset = _limit_prompt_length(dataset, tokenizer, data_args, config.chat_template_kwargs)
+        dataset, eval_dataset = split_for_evaluation(dataset, data_args.split_dataset_ratio, config.seed)
+        _refuse_empty_run(config, dataset)  # prompts deleted by --max_length, or held out for evaluation
     except UserError:
         remove_if_empty(output_dir)
         raise
@@ -113,6 +128,25 @@ def run(argv: list[str]) -> int:
         when = f"every {config.eval_steps:g} steps" if strategy == "steps" else f"(eval_strategy {strategy})"
         logger.info("holding out %d of %d rows for evaluation %s", len(eval_dataset), len(dataset) + len(eval_dataset), when)
     return _train(model, tokenizer, reward_funcs, config, dataset, output_dir, eval_dataset, peft_config)
+
+
+def _refuse_empty_run(config, dataset) -> None:
+    from ..trainers.run_checks import empty_run_reason
+
+    reason = empty_run_reason(config, len(dataset))
+    if reason:
+        raise UserError(reason)
+
+
+def _limit_prompt_length(dataset, tokenizer, data_args, chat_template_kwargs):
+    """--max_length / --truncation_strategy on the prompts, with the count of rows it touched in the log."""
+    from ..prompt_length import apply_max_length
+
+    dataset, affected = apply_max_length(dataset, tokenizer, data_args.max_length, data_args.truncation_strategy, chat_template_kwargs)
+    if affected:
+        done = "deleted" if data_args.truncation_strategy == "delete" else "left-truncated"
+        logger.info("%s %d prompts longer than --max_length %d tokens", done, affected, data_args.max_length)
+    return dataset
 
 
 def resume_point(train_args, model_args: ModelArguments):
@@ -149,29 +183,29 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, rlhf_args: RLH
 
     columns = parse_columns(data_args.columns)
     peft_config = lora_config(model_args)
-    if _strategy(train_args.eval_strategy) != "no" and data_args.split_dataset_ratio == 0:
-        raise UserError(
-            f"--eval_strategy {_strategy(train_args.eval_strategy)} needs an evaluation set: hold one out with --split_dataset_ratio"
-        )
     if not rlhf_args.reward_funcs:
         raise UserError(f"--reward_funcs is required: name at least one reward (available: {', '.join(sorted(orms))})")
     reward_funcs = [reward_function(name, reward_options(rlhf_args, train_args)) for name in rlhf_args.reward_funcs]
     return columns, peft_config, reward_funcs
 
 
-def build_config(train_args, output_dir: Path, num_rewards: int, world_size: int | None = None):
+def build_config(train_args, output_dir: Path, num_rewards: int, world_size: int | None = None, template=None):
     """The trainer's GRPOConfig from the training flags; its ValueErrors become one-sentence UserErrors.
 
     ``world_size`` (the launcher, before its workers exist): check the config those ``world_size``
     workers will build. transformers reads a DeepSpeed config only inside the workers' world, so here
     the DeepSpeed file is checked on its own.
+    ``template``: the data arguments whose chat-template and stop-word flags become config fields.
     """
     import contextlib
 
     from ..distributed import resolve_deepspeed_config
     from ..trainers.config import GRPOConfig, planned_world_size
+    from .msswift import template_config
 
     fields = dataclasses.asdict(train_args)
+    if template is not None:
+        fields.update(template_config(template, train_args.use_vllm))
     fields["output_dir"] = str(output_dir)
     fields["dataloader_pin_memory"] = _has_accelerator()  # pinning is pointless (and warns) on a CPU-only machine
     try:

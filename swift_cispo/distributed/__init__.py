@@ -9,8 +9,8 @@ from ..errors import first_line
 
 DEEPSPEED_CONFIG_DIR = Path(__file__).parent / "deepspeed"
 
-#: Names accepted by ``--deepspeed`` besides a path to a JSON file.
-BUILTIN_DEEPSPEED = ("zero2", "zero3", "zero2_offload", "zero3_offload")
+#: Names accepted by ``--deepspeed`` besides a path to a JSON file (ms-swift's built-in names).
+BUILTIN_DEEPSPEED = ("zero0", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload")
 
 
 def resolve_deepspeed_config(value: str | dict | None) -> dict | None:

@@ -1,6 +1,6 @@
 """Per-token policy losses, their registry, and the reductions that normalise them."""
 
-from . import policy  # noqa: F401  (registers the built-in losses)
+from . import policy, sapo  # noqa: F401  (registers the built-in losses)
 from .common import k3_kl, log_importance_ratio
 from .policy import cispo_bounds, ppo_zero_gradient
 from .options import CISPO_CLIP_CONVENTIONS, DEFAULT_CISPO_EPSILON_HIGH, describe, loss_config_from_args, resolve_loss_config

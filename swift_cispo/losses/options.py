@@ -25,18 +25,20 @@ CISPO_CLIP_CONVENTIONS = ("cap", "offset")
 DEFAULT_CISPO_EPSILON_HIGH = {"cap": 5.0, "offset": 4.0}
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 
-#: The argument names a :class:`LossConfig` is built from (TRL's and this project's config fields).
-LOSS_ARGUMENTS = (
-    "loss_type",
-    "epsilon",
-    "epsilon_high",
-    "delta",
-    "importance_sampling_level",
-    "cispo_clip_convention",
-    "cispo_epsilon_low",
-    "cispo_token_mask",
-    "dual_clip_c",
-)
+#: resolve_loss_config's parameter -> the config field it is read from (TRL's and this project's fields).
+LOSS_ARGUMENTS = {
+    "loss_type": "loss_type",
+    "epsilon": "epsilon",
+    "epsilon_high": "epsilon_high",
+    "delta": "delta",
+    "importance_sampling_level": "importance_sampling_level",
+    "cispo_clip_convention": "cispo_clip_convention",
+    "cispo_epsilon_low": "cispo_epsilon_low",
+    "cispo_token_mask": "cispo_token_mask",
+    "dual_clip_c": "dual_clip_c",
+    "sapo_tau_pos": "sapo_temperature_pos",  # TRL's field names; ms-swift's --tau_pos / --tau_neg
+    "sapo_tau_neg": "sapo_temperature_neg",
+}
 
 
 def _finite(name: str, value: float | None) -> None:
@@ -55,6 +57,8 @@ def resolve_loss_config(
     cispo_epsilon_low: float | None = None,
     cispo_token_mask: bool = False,
     dual_clip_c: float | None = None,
+    sapo_tau_pos: float = 1.0,
+    sapo_tau_neg: float = 1.05,
 ) -> tuple[LossConfig, list[str]]:
     """The validated options of loss ``loss_type``, and notes worth logging (defaults taken, odd values).
 
@@ -63,8 +67,12 @@ def resolve_loss_config(
     """
     notes: list[str] = []
     for name, value in (("epsilon", epsilon), ("epsilon_high", epsilon_high), ("delta", delta),
-                        ("cispo_epsilon_low", cispo_epsilon_low), ("dual_clip_c", dual_clip_c)):
+                        ("cispo_epsilon_low", cispo_epsilon_low), ("dual_clip_c", dual_clip_c),
+                        ("tau_pos", sapo_tau_pos), ("tau_neg", sapo_tau_neg)):
         _finite(name, value)
+    for name, value in (("tau_pos", sapo_tau_pos), ("tau_neg", sapo_tau_neg)):
+        if value <= 0:
+            raise ValueError(f"{name} must be > 0 (a temperature of SAPO's gate); got {value}")
     if importance_sampling_level not in IMPORTANCE_SAMPLING_LEVELS:
         raise ValueError(f"importance_sampling_level must be 'token' or 'sequence'; got {importance_sampling_level!r}")
     if cispo_clip_convention not in CISPO_CLIP_CONVENTIONS:
@@ -106,6 +114,8 @@ def resolve_loss_config(
         cispo_epsilon_low=cispo_epsilon_low,
         cispo_token_mask=cispo_token_mask,
         dual_clip_c=dual_clip_c,
+        sapo_tau_pos=sapo_tau_pos,
+        sapo_tau_neg=sapo_tau_neg,
     )
     return config, notes
 
@@ -132,7 +142,7 @@ def _cispo_epsilon_high(epsilon: float, epsilon_high: float | None, convention: 
 
 def loss_config_from_args(args: Any) -> LossConfig:
     """The :class:`LossConfig` of a (validated) trainer config: the one place the trainer reads loss options."""
-    config, _ = resolve_loss_config(**{name: getattr(args, name) for name in LOSS_ARGUMENTS})
+    config, _ = resolve_loss_config(**{name: getattr(args, field) for name, field in LOSS_ARGUMENTS.items()})
     return config
 
 
@@ -144,6 +154,8 @@ def describe(loss_type: str, config: LossConfig) -> str:
         text = f"epsilon_high={config.epsilon_high:g}: importance weight clipped to [{floor}, {high:g}], {config.cispo_clip_convention} convention"
         if config.cispo_token_mask:
             text += ", unified token mask"
+    elif loss_type == "sapo":
+        text = f"soft gate on the ratio, temperatures tau_pos={config.sapo_tau_pos:g}, tau_neg={config.sapo_tau_neg:g}"
     else:
         text = f"ratio clipped to [{1 - config.epsilon_low:g}, {1 + config.epsilon_high:g}]"
         if config.dual_clip_c is not None:

@@ -45,6 +45,7 @@ class LossConfig:
             upper bound, or ``A < 0`` and below the lower bound (recovers PPO's trust region).
         dual_clip_c: dual-clip PPO's bound for the PPO-clip losses (``c > 1``): with ``A < 0`` the
             objective is at least ``c * A``. ``None`` disables it.
+        sapo_tau_pos, sapo_tau_neg: SAPO's gate temperatures for positive / non-positive advantages.
     """
 
     epsilon_low: float = 0.2
@@ -55,6 +56,8 @@ class LossConfig:
     cispo_epsilon_low: float | None = None
     cispo_token_mask: bool = False
     dual_clip_c: float | None = None
+    sapo_tau_pos: float = 1.0
+    sapo_tau_neg: float = 1.05
 
 
 @dataclass

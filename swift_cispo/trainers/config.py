@@ -11,6 +11,7 @@ from pathlib import Path
 from trl import GRPOConfig as TRLGRPOConfig
 
 from ..distributed import resolve_deepspeed_config
+from ..losses.options import LOSS_ARGUMENTS
 from ..losses import CISPO_CLIP_CONVENTIONS, DEFAULT_CISPO_EPSILON_HIGH, ROLLOUT_CORRECTION_MODES, get_loss, resolve_loss_config
 
 logger = logging.getLogger("swift_cispo")
@@ -73,7 +74,7 @@ class GRPOConfig(TRLGRPOConfig):
             "help": "Per-token policy loss, looked up in the loss registry. Built in: 'cispo' (clipped, "
             "stop-gradient importance weight times log-prob; every token keeps its gradient), and the PPO-clip "
             "family 'grpo' (per-sequence mean), 'bnpo' (local batch token mean), 'dr_grpo' (constant length), "
-            "'dapo' (global token mean). Plugins may register more."
+            "'dapo' (global token mean); 'sapo' (a soft sigmoid gate instead of a clip, --tau_pos/--tau_neg). Plugins may register more."
         },
     )
     epsilon_high: float | None = field(
@@ -241,6 +242,24 @@ class GRPOConfig(TRLGRPOConfig):
         default=False,
         metadata={"help": "Colocate mode on a GPU: move the training model to CPU memory while vLLM generates."},
     )
+    advantage_estimator: str = field(
+        default="grpo",
+        metadata={
+            "help": "How rewards become advantages (ms-swift's names). 'grpo': r - group mean; 'rloo': r minus the mean "
+            "of the group's other rewards (leave-one-out); 'reinforce_plus_plus': r - group mean, scaled by the batch "
+            "std of the advantages. --scale_rewards applies to each; the CLI's default for it follows ms-swift "
+            "(group, none, batch). See swift_cispo/rewards/advantages.py.",
+            "choices": ["grpo", "rloo", "reinforce_plus_plus"],
+        },
+    )
+    kl_in_reward: bool = field(
+        default=False,
+        metadata={
+            "help": "With --beta > 0: subtract beta * KL(old policy || reference), summed over each completion's tokens, "
+            "from its reward before the advantages (PPO's reward shaping), instead of adding a KL term to the loss. "
+            "ms-swift's default: true for rloo and reinforce_plus_plus (the CLI follows it), false for grpo."
+        },
+    )
     # Run state and records (the CLI's meaning; the Python API passes the checkpoint to trainer.train())
     resume_from_checkpoint: str | None = field(
         default=None,
@@ -262,7 +281,7 @@ class GRPOConfig(TRLGRPOConfig):
     deepspeed: str | None = field(  # the Python API also takes a config dict
         default=None,
         metadata={
-            "help": "DeepSpeed ZeRO: a built-in config (zero2, zero3, zero2_offload, zero3_offload: optimizer "
+            "help": "DeepSpeed ZeRO: a built-in config (zero0, zero1, zero2, zero3, zero2_offload, zero3_offload: optimizer "
             "state and, with offload, parameters kept in CPU memory) or a path to a DeepSpeed JSON config. Its "
             "'auto' values (batch sizes, accumulation, clipping, precision, optimizer) come from the other flags. "
             "Launch several processes with NPROC_PER_NODE=N; see docs/distributed.md."
@@ -417,17 +436,7 @@ class GRPOConfig(TRLGRPOConfig):
 
     def _check_loss_options(self) -> None:
         """Validate the loss options (their rules live in swift_cispo.losses) and keep the resolved epsilon_high for TRL."""
-        loss_config, notes = resolve_loss_config(
-            self.loss_type,
-            epsilon=self.epsilon,
-            epsilon_high=self.epsilon_high,
-            delta=self.delta,
-            importance_sampling_level=self.importance_sampling_level,
-            cispo_clip_convention=self.cispo_clip_convention,
-            cispo_epsilon_low=self.cispo_epsilon_low,
-            cispo_token_mask=self.cispo_token_mask,
-            dual_clip_c=self.dual_clip_c,
-        )
+        loss_config, notes = resolve_loss_config(**{name: getattr(self, field) for name, field in LOSS_ARGUMENTS.items()})
         for note in notes:
             logger.warning("%s", note)
         if self.loss_type == "cispo":  # its default is ours (TRL would fall back to epsilon); the PPO family keeps TRL's

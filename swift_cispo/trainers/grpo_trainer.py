@@ -31,6 +31,7 @@ from ..losses import ReductionContext, get_loss, k3_kl, log_importance_ratio, lo
 from ..losses.reduction import REDUCTIONS
 from ..trl_contract import trl_version_problem
 from ..distributed import prepare_deepspeed
+from .advantages import AdvantageEstimatorMixin
 from .config import GRPOConfig
 from .run_checks import empty_run_reason, non_finite_problem, schedule_change_note
 from .metrics import StepMetrics
@@ -39,7 +40,7 @@ from .rollout_window import RolloutWindow
 logger = logging.getLogger("swift_cispo")
 
 
-class GRPOTrainer(TRLGRPOTrainer):
+class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
     """GRPO-family trainer whose policy loss is looked up by ``args.loss_type`` in the loss registry.
 
     Subclass it like TRL's trainer. To change the loss, register one
@@ -145,8 +146,7 @@ class GRPOTrainer(TRLGRPOTrainer):
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         # every process's rewards, kept for dynamic sampling's flat-group test
-        self._last_rewards_per_func = self._rewards_of_all_processes(inputs, prompts, completions, completion_ids_list)
-        return self._last_rewards_per_func
+        return self._remember_rewards(self._rewards_of_all_processes(inputs, prompts, completions, completion_ids_list))
 
     def _rewards_of_all_processes(self, inputs, prompts, completions, completion_ids_list):
         if type(self).compute_rewards is GRPOTrainer.compute_rewards:
@@ -224,7 +224,7 @@ class GRPOTrainer(TRLGRPOTrainer):
             flat = flat_groups(rewards[start : start + local_rows], weights, group)
             return flat.nonzero().flatten().tolist()
 
-        flat = local_flat(self._last_rewards_per_func)
+        flat = local_flat(self._rollout_rewards_per_func)
         found = len(flat)
         rounds = 0
         for rounds in range(1, self.args.max_resample_times + 1):
@@ -238,7 +238,7 @@ class GRPOTrainer(TRLGRPOTrainer):
             fresh_raw = [self.train_dataset[index] for index in rows for _ in range(group)]
             fresh = self._generate_and_score_completions(fresh_raw)
             self._after_rollout()
-            informative = [g for g in range(local_rows // group) if g not in set(local_flat(self._last_rewards_per_func))]
+            informative = [g for g in range(local_rows // group) if g not in set(local_flat(self._rollout_rewards_per_func))]
             swaps = list(zip(flat, informative))
             rollout = replace_rows(
                 rollout, fresh,
@@ -352,6 +352,7 @@ class GRPOTrainer(TRLGRPOTrainer):
             per_token_loss = per_token_loss * rollout_weight
             self._step_metrics.add_token_means(mask, **{"rollout_is/weight_mean": rollout_weight})
             self._step_metrics.add_token_maxima(mask, **{"rollout_is/weight_max": rollout_weight})
+        per_token_kl = None
         if self.beta != 0.0:
             per_token_kl = k3_kl(log_probs, inputs["ref_per_token_logps"])
             if self.args.use_bias_correction_kl:
@@ -359,7 +360,8 @@ class GRPOTrainer(TRLGRPOTrainer):
                 # the KL gradient even on-policy where its value is 1 (TRL's default).
                 level = self.loss_config.importance_sampling_level
                 per_token_kl = per_token_kl * torch.exp(log_importance_ratio(log_probs, old_log_probs, mask, level))
-            per_token_loss = per_token_loss + self.beta * per_token_kl
+            if not self.args.kl_in_reward:  # with kl_in_reward the KL shaped the reward instead (still logged)
+                per_token_loss = per_token_loss + self.beta * per_token_kl
 
         context = ReductionContext(
             num_processes=self.accelerator.num_processes,
@@ -381,7 +383,7 @@ class GRPOTrainer(TRLGRPOTrainer):
 
         self._step_metrics.add_token_means(mask, entropy=entropies, **out.metrics)
         self._step_metrics.add_token_maxima(mask, **out.maxima)
-        if self.beta != 0.0:
+        if per_token_kl is not None:
             self._step_metrics.add_token_means(mask, kl=per_token_kl)
         if mode == "eval" or not self._window_inputs:  # after the step's last micro-batch (or any eval batch)
             for name, value in self._step_metrics.reduce(self.accelerator).items():
