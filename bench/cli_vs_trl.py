@@ -60,6 +60,7 @@ trainer = GRPOTrainer(model=model, reward_funcs=digit_share, args=args,
                       train_dataset=load_dataset("json", data_files=data, split="train"))
 result = trainer.train()
 print("TRAIN_RUNTIME", result.metrics["train_runtime"])
+print("REWARDS", json.dumps([h["reward"] for h in trainer.state.log_history if "reward" in h]))
 '''
 
 
@@ -73,7 +74,7 @@ def settings(opts) -> dict:
     )  # fmt: skip
 
 
-def run_cli(model: Path, data: str, work: Path, opts, index: int) -> float:
+def run_cli(model: Path, data: str, work: Path, opts, index: int) -> tuple[float, list[float]]:
     out = work / f"cli-{index}"
     flags = [t for k, v in settings(opts).items() for t in (f"--{k}", str(v).lower() if isinstance(v, bool) else str(v))]
     cmd = [sys.executable, "-m", "swift_cispo", "rlhf", "--model", str(model), "--dataset", data, "--reward_funcs", "digit_share",
@@ -82,16 +83,16 @@ def run_cli(model: Path, data: str, work: Path, opts, index: int) -> float:
     if result.returncode != 0:
         raise SystemExit(f"swift rlhf failed:\n{result.stderr[-3000:]}")
     records = [json.loads(line) for line in (out / "logging.jsonl").read_text().splitlines()]
-    return next(r["train_runtime"] for r in records if "train_runtime" in r)
+    return next(r["train_runtime"] for r in records if "train_runtime" in r), [r["reward"] for r in records if "reward" in r]
 
 
-def run_trl(model: Path, data: str, work: Path, opts, index: int) -> float:
+def run_trl(model: Path, data: str, work: Path, opts, index: int) -> tuple[float, list[float]]:
     cmd = [sys.executable, str(work / "bare_trl.py"), str(model), data, str(work / f"trl-{index}"), json.dumps(settings(opts))]
     result = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=work)
     if result.returncode != 0:
         raise SystemExit(f"bare TRL failed:\n{result.stderr[-3000:]}")
-    line = next(line for line in result.stdout.splitlines() if line.startswith("TRAIN_RUNTIME"))
-    return float(line.split()[1])
+    lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in result.stdout.splitlines() if " " in line}
+    return float(lines["TRAIN_RUNTIME"]), json.loads(lines["REWARDS"])
 
 
 def _env() -> dict:
@@ -117,22 +118,27 @@ def main() -> None:
         (work / "plugin.py").write_text(textwrap.dedent(PLUGIN))
         (work / "bare_trl.py").write_text(textwrap.dedent(TRL_SCRIPT))
         times: dict[str, list[float]] = {"cli": [], "trl": []}
-        ratios = []
+        ratios, gap = [], 0.0
         for rep in range(opts.reps):
             order = ("cli", "trl") if rep % 2 == 0 else ("trl", "cli")
-            now = {}
+            now, rewards = {}, {}
             for side in order:
                 run = run_cli if side == "cli" else run_trl
-                now[side] = run(model, str(DEMO_DATASET_PATH), work, opts, rep)
+                now[side], rewards[side] = run(model, str(DEMO_DATASET_PATH), work, opts, rep)
                 times[side].append(now[side])
                 print(f"[bench] rep {rep + 1}/{opts.reps} {side:3s} train_runtime {now[side]:.2f} s", file=sys.stderr)
             ratios.append(now["cli"] / now["trl"])
+            # same model, data, seed and settings: both sides must sample and score the same rollouts
+            if len(rewards["cli"]) != len(rewards["trl"]) or not rewards["cli"]:
+                raise SystemExit(f"the two sides logged different numbers of rewards: {rewards}")
+            gap = max(gap, *(abs(a - b) for a, b in zip(rewards["cli"], rewards["trl"])))
     print(f"\n{opts.steps} steps, batch {opts.batch}, 8 generations, accumulation 2, num_iterations 2, gradient checkpointing off")
     print("| side | train_runtime (s), per repetition | median |")
     print("|---|---|---|")
     for side, label in (("cli", "`swift rlhf` (metrics file, curves, progress bar)"), ("trl", "bare `trl.GRPOTrainer`")):
         print(f"| {label} | {', '.join(f'{t:.2f}' for t in times[side])} | {statistics.median(times[side]):.2f} |")
     print(f"\nratio cli / trl: median {statistics.median(ratios):.3f} (range {min(ratios):.3f} - {max(ratios):.3f})")
+    print(f"largest gap between the two sides' logged rewards: {gap:g} (0: they did the same work)")
 
 
 if __name__ == "__main__":

@@ -71,3 +71,11 @@ def test_learning_curves_quick_writes_runs_table_and_png_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "[bench] " not in again.stderr  # the line each run it trains starts with
     assert table_lines(again.stdout) == table_lines(out) and png.exists()
+
+
+def test_cli_vs_trl_quick_compares_equal_work():
+    out = run_bench("cli_vs_trl.py")
+    assert "| `swift rlhf` (metrics file, curves, progress bar) |" in out and "| bare `trl.GRPOTrainer` |" in out
+    assert re.search(r"ratio cli / trl: median [0-9.]+", out), out  # a timing: reported, not asserted
+    gap = float(re.search(r"logged rewards: ([0-9.e+-]+|inf|nan)", out).group(1))
+    assert gap == 0.0, out  # the CLI and bare TRL sampled and scored the same rollouts
