@@ -249,3 +249,60 @@ def test_export_mistakes(tmp_path):
             export.run(argv)
         assert message in str(caught.value)
     assert_clean_error(swift("export", "--adapters", tmp_path, "--merge_lora", "true", cwd=tmp_path), "holds no adapter_config.json")
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_the_launcher_checks_the_config_for_the_world_it_starts(tmp_path, tiny_model_dir, data_file):
+    """4 rows x 1 step per process, 8 generations: one process could not form a group, two can. The launcher
+    must check the config its 2 workers build (ms-swift's grpo_7b.sh was refused for this), and train."""
+    result = swift(
+        "rlhf", "--model", tiny_model_dir, "--dataset", data_file, "--reward_funcs", "exact_match",
+        "--per_device_train_batch_size", "4", "--num_generations", "8", "--steps_per_generation", "1",
+        "--max_steps", "1", "--max_completion_length", "4", "--output_dir", tmp_path / "out",
+        cwd=tmp_path, NPROC_PER_NODE="2", timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    single = swift(
+        "rlhf", "--model", tiny_model_dir, "--dataset", data_file, "--reward_funcs", "exact_match",
+        "--per_device_train_batch_size", "4", "--num_generations", "8", "--steps_per_generation", "1",
+        "--output_dir", tmp_path / "single", cwd=tmp_path,
+    )  # fmt: skip
+    assert_clean_error(single, "generation_batch_size (4) must be divisible by num_generations (8)")
+
+
+HALF_FLAT_PLUGIN = '''
+from swift_cispo.rewards import ORM, orms
+
+
+class HalfFlat(ORM):
+    """Prompts starting with 0 or 1 reward every completion alike (a flat group); the others reward length."""
+
+    def __call__(self, completions, prompts=None, **kwargs):
+        return [1.0 if str(p).startswith(("0", "1")) else len(c) + 0.01 * i for i, (p, c) in enumerate(zip(prompts, completions))]
+
+
+orms["half_flat"] = HalfFlat
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_dynamic_sampling_with_two_processes(tmp_path, tiny_model_dir, data_file):
+    """Each process replaces its own flat groups; every round is taken by both (the rewards are gathered)."""
+    plugin = tmp_path / "half_flat.py"
+    plugin.write_text(HALF_FLAT_PLUGIN)
+    out = tmp_path / "out"
+    result = swift(
+        "rlhf", "--model", tiny_model_dir, "--dataset", data_file, "--reward_funcs", "half_flat", "--external_plugins", plugin,
+        "--per_device_train_batch_size", "4", "--num_generations", "4", "--steps_per_generation", "2",
+        "--max_steps", "2", "--max_completion_length", "4", "--temperature", "1.5", "--logging_steps", "1",
+        "--dynamic_sample", "true", "--max_resample_times", "6", "--seed", "3", "--output_dir", out,
+        cwd=tmp_path, NPROC_PER_NODE="2", timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    logged = [m for m in read_metrics(out) if "dynamic_sampling/flat_groups" in m]
+    assert logged, "no generation batch logged its dynamic-sampling counts"
+    assert sum(m["dynamic_sampling/flat_groups"] for m in logged) >= 1  # 8 of the 16 prompts give flat groups
+    assert all(m["dynamic_sampling/replaced_groups"] == m["dynamic_sampling/flat_groups"] for m in logged), logged
