@@ -147,13 +147,13 @@ def test_dataset_num_proc_formats_the_same_rows_and_names_a_bad_one(tmp_path):
 def test_refusals_of_implemented_flags(tmp_path):
     for extra, fragment in (
         (["--sequence_parallel_size", "2"], "--sequence_parallel_size 2 is not built yet"),
-        (["--warmup_ratio", "1.5"], r"--warmup_ratio must be in \[0, 1\)"),
+        (["--warmup_ratio", "1.5"], r"--warmup_ratio 1.5 is out of range; allowed: in \[0, 1\)"),
         (["--warmup_ratio", "0.1", "--warmup_steps", "3"], "give --warmup_ratio or --warmup_steps, not both"),
         (["--attn_impl", "flash_attn"], "needs a CUDA GPU|needs the flash_attn package"),
         (["--stop_words", "Observation:"], "--stop_words needs vLLM rollouts"),
         (["--truncation_strategy", "right"], "invalid choice: 'right'"),
         (["--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_host", "a", "b"], "with 2 servers is not built yet"),
-        (["--loss_type", "sapo", "--tau_neg", "0"], "must be > 0"),
+        (["--loss_type", "sapo", "--tau_neg", "0"], r"--sapo_temperature_neg 0.0 is out of range; allowed: > 0"),
         (["--loss_type", "real"], "REAL is another algorithm this project does not implement"),
     ):
         with pytest.raises(UserError, match=fragment):

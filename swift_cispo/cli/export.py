@@ -50,6 +50,9 @@ def parse(argv: list[str]) -> ExportArguments:
     (args, remaining) = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if remaining:
         raise UserError(f"unexpected argument {remaining[0]!r}; run 'swift export --help' for the flags")
+    from .ranges import check_ranges
+
+    check_ranges(args)
     return args
 
 

@@ -168,8 +168,6 @@ def apply(ms, model_args, data_args, train_args, given: set[str]) -> list[str]:
     has_cuda = torch.cuda.is_available() and not train_args.use_cpu
     if ms.sequence_parallel_size != 1:
         raise UserError(f"--sequence_parallel_size {ms.sequence_parallel_size} is not built yet: only 1 (no sequence parallelism) runs here")
-    if not 0 <= ms.warmup_ratio < 1:
-        raise UserError(f"--warmup_ratio must be in [0, 1); got {ms.warmup_ratio}")
     if ms.warmup_ratio:
         if "warmup_steps" in given:
             raise UserError("give --warmup_ratio or --warmup_steps, not both")

@@ -22,7 +22,14 @@ def make_parser(dataclass_types, prog: str):
         def error(self, message):
             raise UserError(message)
 
-    return Parser(dataclass_types, prog=prog, allow_abbrev=False)
+    from .ranges import allowed_text
+
+    parser = Parser(dataclass_types, prog=prog, allow_abbrev=False)
+    for action in parser._actions:  # each numeric flag's allowed values, from the one table (cli/ranges.py)
+        allowed = allowed_text(action.dest)
+        if allowed and action.help:
+            action.help = f"{action.help} {allowed}"
+    return parser
 
 
 def flag_names(parser) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
+from .ranges import allowed_text
 from .args import ALIASES, DataArguments, ModelArguments, RLHFArguments, training_arguments_class
 
 _SECTIONS = (
@@ -35,6 +36,9 @@ def _table(cls) -> list[str]:
         choices = f.metadata.get("choices")
         if choices:
             help_text += f" Choices: {', '.join(map(str, choices))}."
+        allowed = allowed_text(f.name)
+        if allowed:
+            help_text += f" {allowed}"
         lines.append(f"| `--{f.name}` | {_type_name(hints[f.name])} | {_default(f)} | {help_text} |")
     return lines + [""]
 

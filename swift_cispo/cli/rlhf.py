@@ -54,8 +54,10 @@ def parse(argv: list[str]):
     if remaining:
         raise UserError(f"unexpected argument {remaining[0]!r}; flag values follow their --flag")
     from . import msswift
+    from .ranges import check_ranges
 
     notes = msswift.check_declared(declared)  # ms-swift flags: their default accepted, another value refused
+    check_ranges(model_args, data_args, rlhf_args, train_args, ms_args)  # before anything is loaded
     notes += msswift.apply(ms_args, model_args, data_args, train_args, given)
     from ..distributed.launch import launch_plan
 

@@ -74,6 +74,9 @@ def parse(argv: list[str]) -> RolloutArguments:
     (args, remaining) = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if remaining:
         raise UserError(f"unexpected argument {remaining[0]!r}; run 'swift rollout --help' for the flags")
+    from .ranges import check_ranges
+
+    check_ranges(args)
     if args.model is None:
         raise UserError("--model is required: the model folder or hub id to serve")
     if args.vllm_gpu_memory_utilization is not None and not 0 < args.vllm_gpu_memory_utilization <= 1:
