@@ -309,3 +309,16 @@ def test_wrong_flag_help_and_unknown_subcommand_import_neither_trl_nor_vllm(tmp_
         "no_such_subcommand 2 []",
         "False False False False",
     ], result.stdout
+
+
+@pytest.mark.slow
+def test_a_prompt_longer_than_the_context_is_truncated_not_ground_on(tmp_path, tiny_model_dir):
+    """A 50,000-character prompt and a 64-position model: without --max_length the model's context minus the
+    completion length is the limit, so the run trains (the prompt left-truncated, the count logged)."""
+    data = tmp_path / "long.jsonl"
+    rows = [{"prompt": "1+1=" * 12500, "answer": "2"}] + [{"prompt": f"{a}+{a}=", "answer": str(2 * a)} for a in range(7)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = swift("rlhf", "--model", tiny_model_dir, "--dataset", data, "--reward_funcs", "exact_match", *FAST,
+                   "--output_dir", tmp_path / "o", cwd=tmp_path, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "left-truncated 1 prompts longer than the model's context (64) minus --max_completion_length (4), 60 tokens" in result.stderr

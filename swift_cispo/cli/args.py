@@ -98,7 +98,8 @@ class DataArguments:
         default=None,
         metadata={
             "help": "Longest prompt in tokens (ms-swift: for GRPO, max_length is the prompt length). Longer prompts are "
-            "handled by --truncation_strategy and counted in the log. Default: no limit."
+            "handled by --truncation_strategy and counted in the log. Default: the model's context (max_position_embeddings) "
+            "minus --max_completion_length, the longest prompt that can still be completed."
         },
     )
     truncation_strategy: str = field(

@@ -153,12 +153,6 @@ def lora_config(model_args):
     """``--train_type lora`` -> peft's LoraConfig for a causal LM (None for full training)."""
     if model_args.train_type != "lora":
         return None
-    if model_args.lora_rank < 1:
-        raise UserError(f"--lora_rank must be a whole number >= 1; got {model_args.lora_rank}")
-    if model_args.lora_alpha <= 0:
-        raise UserError(f"--lora_alpha must be > 0; got {model_args.lora_alpha}")
-    if not 0 <= model_args.lora_dropout < 1:
-        raise UserError(f"--lora_dropout must be in [0, 1); got {model_args.lora_dropout}")
     from peft import LoraConfig, TaskType
 
     modules = model_args.target_modules

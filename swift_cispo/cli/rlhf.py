@@ -119,7 +119,7 @@ def run(argv: list[str]) -> int:
         prepare_deepspeed(config)  # before the weights load: ZeRO-3 partitions them as they do
         model, tokenizer = load_model_and_tokenizer(model_args)
         check_context_length(model, config)
-        dataset = _limit_prompt_length(dataset, tokenizer, data_args, config.chat_template_kwargs)
+        dataset = _limit_prompt_length(dataset, tokenizer, data_args, config, model)
         dataset, eval_dataset = split_for_evaluation(dataset, data_args.split_dataset_ratio, config.seed)
         _refuse_empty_run(config, dataset)  # prompts deleted by --max_length, or held out for evaluation
     except UserError:
@@ -140,14 +140,29 @@ def _refuse_empty_run(config, dataset) -> None:
         raise UserError(reason)
 
 
-def _limit_prompt_length(dataset, tokenizer, data_args, chat_template_kwargs):
-    """--max_length / --truncation_strategy on the prompts, with the count of rows it touched in the log."""
+def _limit_prompt_length(dataset, tokenizer, data_args, config, model):
+    """--max_length / --truncation_strategy on the prompts, with the count of rows it touched in the log.
+
+    Without --max_length the limit is what the model's context leaves after --max_completion_length (as
+    ms-swift defaults max_length to the model's length): a longer prompt could not be completed, and
+    generating from it ground on until killed.
+    """
     from ..prompt_length import apply_max_length
 
-    dataset, affected = apply_max_length(dataset, tokenizer, data_args.max_length, data_args.truncation_strategy, chat_template_kwargs)
+    limit, what = data_args.max_length, f"--max_length {data_args.max_length}"
+    context = getattr(model.config, "max_position_embeddings", None)
+    if limit is None and context:
+        limit = context - config.max_completion_length
+        what = f"the model's context ({context}) minus --max_completion_length ({config.max_completion_length})"
+        if limit < 1:
+            raise UserError(
+                f"--max_completion_length {config.max_completion_length} leaves no room for a prompt in the model's context "
+                f"of {context} tokens; lower it"
+            )
+    dataset, affected = apply_max_length(dataset, tokenizer, limit, data_args.truncation_strategy, config.chat_template_kwargs)
     if affected:
         done = "deleted" if data_args.truncation_strategy == "delete" else "left-truncated"
-        logger.info("%s %d prompts longer than --max_length %d tokens", done, affected, data_args.max_length)
+        logger.warning("%s %d prompts longer than %s, %d tokens", done, affected, what, limit)
     return dataset
 
 
