@@ -70,6 +70,8 @@ def read_source(source: str):
                     f"dataset {path} has an unsupported extension {path.suffix!r}; allowed: "
                     f"{', '.join(sorted(_FILE_BUILDERS))}, a saved datasets folder, or a hub dataset id"
                 )
+            if not path.read_bytes()[:4096].strip():  # datasets' JSON/CSV readers fail on it with a bare StopIteration
+                raise UserError(f"dataset {source} is empty; it needs rows with a 'prompt' (or 'messages') column")
             if path.suffix.lower() == ".jsonl":
                 _check_jsonl(path)
             dataset = datasets.load_dataset(builder, data_files=str(path), split="train")

@@ -322,3 +322,17 @@ def test_a_prompt_longer_than_the_context_is_truncated_not_ground_on(tmp_path, t
                    "--output_dir", tmp_path / "o", cwd=tmp_path, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "left-truncated 1 prompts longer than the model's context (64) minus --max_completion_length (4), 60 tokens" in result.stderr
+
+
+def test_an_empty_dataset_and_a_list_for_a_number_are_named(swift_here, tmp_path, tiny_model_dir, data_file):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    common = ["--model", tiny_model_dir, "--reward_funcs", "exact_match", "--output_dir", tmp_path / "o"]
+    assert_clean_error(swift_here("rlhf", *common, "--dataset", empty), f"dataset {empty} is empty; it needs rows with a 'prompt'")
+    config = tmp_path / "cfg.json"
+    config.write_text('{"epsilon_high": [0.2, 0.3]}')
+    assert_clean_error(
+        swift_here("rlhf", config, *common, "--dataset", data_file),
+        "--epsilon_high takes one value but got 2 (0.2 0.3); in a config file, give it a single value, not a list",
+    )
+    assert not (tmp_path / "o").exists()

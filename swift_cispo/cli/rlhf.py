@@ -52,7 +52,7 @@ def parse(argv: list[str]):
         args=argv, return_remaining_strings=True
     )
     if remaining:
-        raise UserError(f"unexpected argument {remaining[0]!r}; flag values follow their --flag")
+        raise UserError(_unexpected_value(argv, remaining[0]))
     from . import msswift
     from .ranges import check_ranges
 
@@ -66,6 +66,20 @@ def parse(argv: list[str]):
     if data_args.split_dataset_ratio > 0 and "eval_strategy" not in given:
         train_args.eval_strategy = "steps"  # a held-out set is there to be evaluated; every --eval_steps (default: --logging_steps)
     return model_args, data_args, rlhf_args, train_args, demo
+
+
+def _unexpected_value(argv: list[str], token: str) -> str:
+    """The sentence for a value no flag takes: usually a second value given to a one-value flag (a list in a config file)."""
+    position = argv.index(token) if token in argv else -1
+    flag = next((argv[i] for i in range(position - 1, -1, -1) if argv[i].startswith("--")), None) if position > 0 else None
+    if flag is None:
+        return f"unexpected argument {token!r}; flag values follow their --flag"
+    values = []
+    for item in argv[argv.index(flag) + 1 :]:
+        if item.startswith("--"):
+            break
+        values.append(item)
+    return f"{flag} takes one value but got {len(values)} ({' '.join(values)}); in a config file, give it a single value, not a list"
 
 
 def _as_tokens(name: str, value) -> list[str]:
