@@ -4,7 +4,7 @@ Each `swift rlhf` command of each vendored script runs as written, except that:
 - --model and --dataset are replaced by local stand-ins (the hub is unreachable): the given model with a
   32768-position context (the scripts' Qwen models have it), and a small dataset with the columns of the
   one the script names (NuminaMath: problem/solution, GSM8K: question/answer, else prompt/solution);
-- small-run flags are appended: --max_steps 2 --max_completion_length 8 --save_strategy no --report_to none
+- small-run flags replace the script's own: --max_steps 2 --max_completion_length 8 --save_strategy no --report_to none
   and a fresh --output_dir, so that a CPU can run it;
 - its environment prefix (CUDA_VISIBLE_DEVICES, NPROC_PER_NODE, NNODES...) is dropped; with --nproc N (default
   1) the command runs in N processes and --per_device_train_batch_size is scaled by NPROC_PER_NODE / N, so the
@@ -255,7 +255,9 @@ def run_all(plan, args, work: Path, model: str, datasets: dict[str, Path], count
         if blank:
             outcome, detail = "placeholder", f"the script leaves {blank} to fill in (ms-swift cannot run it as written either)"
         else:
-            outcome, detail = run_one([*argv, *SMALL_RUN, "--output_dir", str(out)], work, args.timeout, processes, log)
+            # the small-run flags replace the script's own (a flag given twice is an error)
+            small = drop_flags(argv, [t[2:] for t in SMALL_RUN if t.startswith("--")] + ["output_dir"])
+            outcome, detail = run_one([*small, *SMALL_RUN, "--output_dir", str(out)], work, args.timeout, processes, log)
         counts[outcome] += 1
         print(f"{outcome:8} {script.name}#{number + 1}  {detail}", flush=True)
     return counts

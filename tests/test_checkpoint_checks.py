@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_cli import assert_clean_error, swift
+from helpers import assert_clean_error, swift
 
 from swift_cispo.checkpoints import check_resume_fits, resolve_resume
 from swift_cispo.pickles import pickle_problem

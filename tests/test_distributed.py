@@ -23,7 +23,8 @@ from helpers import FAST, REPO, assert_clean_error, read_metrics, swift
 DEMO_MODEL = REPO / "swift_cispo" / "demo" / "model"
 # The demo's steps_per_generation is 2: checkpoint-1 falls inside a rollout window, so the resumed step 2
 # must train on the second half of the rollout each process saved with the checkpoint.
-RUN = [*FAST, "--save_steps", "1", "--seed", "7", "--warmup_steps", "0", "--learning_rate", "1e-2"]
+RUN = [*FAST[:FAST.index("--learning_rate")], *FAST[FAST.index("--learning_rate") + 2 :],
+       "--save_steps", "1", "--seed", "7", "--warmup_steps", "0", "--learning_rate", "1e-2"]  # fmt: skip
 SAME = 1e-6  # max |difference| between resumed and uninterrupted weights (float32 rounding)
 MOVED = 1e-4  # a step moves some weight by more than this: the comparison can fail
 

@@ -323,7 +323,7 @@ def test_default_rm_plugin_scores_a_batch_as_each_row_alone(tiny_model_dir):
 def test_ms_swift_plugin_rewards_train_from_the_command_line(tmp_path, tiny_model_dir):
     """plugin.py's ToolUseCorrectnessReward gives -3 to any reply without the expected tool call (none of a
     4-token reply has one), so its logged mean is exactly -3; gsm8k_format gives 0."""
-    from test_cli import FAST, read_metrics, swift
+    from helpers import FAST, read_metrics, swift
 
     call = '<tool_call>\n{"name": "add", "parameters": {"a": 1}}\n</tool_call>'
     rows = [{"messages": [{"role": "user", "content": f"{a}+{b}="}], "solution": call} for a in range(4) for b in range(4)]

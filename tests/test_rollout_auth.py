@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import requests
 import torch
-from test_cli import assert_clean_error, swift
+from helpers import assert_clean_error, listening_addresses as _listening_addresses, swift
 
 from swift_cispo.errors import UserError
 from swift_cispo.generation import auth
@@ -85,19 +85,6 @@ def served():
     server.stop()
 
 
-def _listening_addresses(port: int) -> set[str]:
-    """Local addresses with a socket in LISTEN state on ``port`` (from /proc/net/tcp and tcp6)."""
-    found = set()
-    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
-        for line in open(table).read().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            address, hex_port = local.split(":")
-            if state == "0A" and int(hex_port, 16) == port:
-                raw = bytes.fromhex(address)
-                # the kernel prints each 32-bit word in host (little-endian) order
-                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-                found.add(socket.inet_ntop(socket.AF_INET if width == 8 else socket.AF_INET6, raw))
-    return found
 
 
 # Every route of the app with a request that would change or read state if it got through.

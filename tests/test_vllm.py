@@ -215,7 +215,7 @@ def test_async_lag1_rollouts_are_one_step_old_and_corrected(server, tmp_path):
 @pytest.mark.slow
 def test_real_server_needs_its_key_and_binds_the_group_to_its_host(server, tmp_path):
     import requests
-    from test_rollout_auth import _listening_addresses
+    from helpers import listening_addresses as _listening_addresses
 
     from swift_cispo.generation import RolloutClient
     from swift_cispo.generation.auth import ApiKey, default_key_file
