@@ -7,8 +7,14 @@ import torch
 
 from swift_cispo.rewards.advantages import SCALE_EPSILON, estimate_advantages, sequence_kl
 
-torch.set_default_dtype(torch.float64)
-REWARDS = torch.tensor([1.0, 0.0, 0.5, 0.0, 2.0, 2.0, 1.0, 3.0])  # two groups of 4
+REWARDS = torch.tensor([1.0, 0.0, 0.5, 0.0, 2.0, 2.0, 1.0, 3.0], dtype=torch.float64)  # two groups of 4
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """Float64 references, for these tests only (conftest.py puts the session's float32 back after each test)."""
+    torch.set_default_dtype(torch.float64)
+    yield
 K = 4
 
 

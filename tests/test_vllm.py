@@ -40,6 +40,15 @@ AGGRESSIVE = [
     "--per_device_train_batch_size", "32",
 ]  # fmt: skip
 
+
+def aggressive(**overrides) -> list[str]:
+    """AGGRESSIVE with some values replaced (a flag given twice is an error)."""
+    flags = list(AGGRESSIVE)
+    for name, value in overrides.items():
+        flags[flags.index(f"--{name}") + 1] = str(value)
+    return flags
+
+
 SKIP_SYNC_PLUGIN = """\
 from swift_cispo.generation import backends
 # Negative control: the trainer's weights never reach vLLM.
@@ -200,7 +209,7 @@ def test_server_without_weight_push_drifts(server, tmp_path):
 def test_async_lag1_rollouts_are_one_step_old_and_corrected(server, tmp_path):
     out = tmp_path / "async"
     result = swift(
-        "rlhf", *_server_flags(server), "--async_generate", "true", *AGGRESSIVE, "--max_steps", "5",
+        "rlhf", *_server_flags(server), "--async_generate", "true", *aggressive(max_steps=5),
         "--output_dir", out, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -288,16 +297,27 @@ def test_server_dying_mid_run_stops_training_and_keeps_the_checkpoint(tmp_path):
     "flags, message",
     [
         (["--async_generate", "true"], "async_generate needs a rollout server: add --use_vllm true --vllm_mode server"),
-        (["--use_vllm", "true", "--sleep_level", "2"], "sleep_level frees GPU memory and needs a CUDA GPU"),
-        (["--use_vllm", "true", "--offload_model", "true"], "offload_model frees GPU memory and needs a CUDA GPU"),
-        (["--use_vllm", "true", "--sleep_level", "1"], "invalid choice: 1 (choose from 0, 2)"),
         (["--use_vllm", "true", "--vllm_tensor_parallel_size", "2"], "vllm_tensor_parallel_size > 1 in colocate mode needs GPUs"),
-        (["--use_vllm", "true", "--vllm_gpu_memory_utilization", "1.5"], "vllm_gpu_memory_utilization must be in (0, 1]"),
+        (["--use_vllm", "true", "--vllm_gpu_memory_utilization", "1.5"], "--vllm_gpu_memory_utilization 1.5 is out of range; allowed: in (0, 1]"),
         (["--use_vllm", "true", "--vllm_mode", "remote"], "invalid choice: 'remote'"),
     ],
 )
 def test_vllm_flag_errors(tmp_path, flags, message):
     assert_clean_error(swift("rlhf", *flags, "--output_dir", tmp_path / "o", cwd=tmp_path), message)
+
+
+@pytest.mark.parametrize(
+    "flags, note",
+    [
+        (["--sleep_level", "2"], "ms-swift flag --sleep_level 2: this run has no GPU memory to free, so it is 0"),
+        (["--offload_model", "true"], "ms-swift flag --offload_model: no effect here: this run has no GPU"),
+    ],
+)
+def test_gpu_memory_flags_on_a_cpu_run_are_logged_not_ignored(tmp_path, flags, note):
+    """ms-swift scripts set these for GPUs; on a CPU run there is no GPU memory to free: said in the log, not silent."""
+    result = swift("rlhf", "--use_vllm", "true", *flags, "--reward_funcs", "no_such_reward", "--output_dir", tmp_path / "o", cwd=tmp_path)
+    assert_clean_error(result, "unknown reward function 'no_such_reward'")  # stops right after the flags are read
+    assert note in result.stderr
     assert not (tmp_path / "o").exists()
 
 
@@ -334,8 +354,8 @@ def test_colocate_under_zero3_with_two_processes_syncs_the_gathered_weights(tmp_
     # (gathered by every process together), or its log-probs drift from the trainer's.
     out = tmp_path / "colocate_zero3"
     result = swift(
-        "rlhf", "--use_vllm", "true", "--vllm_mode", "colocate", "--deepspeed", "zero3", *AGGRESSIVE,
-        "--per_device_train_batch_size", "16", "--max_steps", "3", "--output_dir", out, cwd=tmp_path, timeout=600, NPROC_PER_NODE="2",
+        "rlhf", "--use_vllm", "true", "--vllm_mode", "colocate", "--deepspeed", "zero3",
+        *aggressive(per_device_train_batch_size=16, max_steps=3), "--output_dir", out, cwd=tmp_path, timeout=600, NPROC_PER_NODE="2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "starting 2 processes" in result.stderr

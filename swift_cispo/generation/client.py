@@ -28,6 +28,8 @@ class RolloutServerRefused(RolloutServerError, UserError):
     The user's settings are wrong, not the environment: an error of the command line (exit 2).
     """
 
+    exit_code = 2
+
 
 _KEY_FLAGS = "--vllm_server_api_key_file, --vllm_server_api_key or $VLLM_API_KEY"
 

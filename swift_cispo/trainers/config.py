@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -307,9 +308,10 @@ class GRPOConfig(TRLGRPOConfig):
         self._check_vllm_options()
         self._map_trl_rollout_correction()
         self.deepspeed = resolve_deepspeed_config(self.deepspeed)
-        if self.deepspeed is not None and not torch.cuda.is_available():
+        several_processes = (_planned_world_size or int(os.environ.get("WORLD_SIZE", "1"))) > 1
+        if (self.deepspeed is not None or several_processes) and not torch.cuda.is_available():
             # accelerate sets up a CPU process group (gloo) only for use_cpu; without it a torchrun world
-            # on a CPU machine is treated as a single process
+            # on a CPU machine is treated as a single process (each worker then trains alone, on its own batch)
             self.use_cpu = True
         if self.bf16 is None:
             # TRL turns None into True, which on a machine without a bf16 GPU means a CPU autocast
