@@ -50,13 +50,19 @@ def build_model(path: Path, hidden: int, layers: int) -> None:
 
 
 def shared_settings(opts) -> dict:
-    """GRPOConfig fields both trainers get. bf16 is explicit: TRL's default (None -> True) would autocast on CPU."""
-    return dict(
+    """GRPOConfig fields both trainers get. bf16 is explicit: TRL's default (None -> True) would autocast on CPU.
+
+    ``opts.device`` "cuda" (bench/gpu_checks.py) trains on the GPU in bf16 autocast; ``opts.extra`` adds fields.
+    """
+    on_gpu = getattr(opts, "device", "cpu") == "cuda"
+    settings = dict(
         per_device_train_batch_size=opts.batch, num_generations=opts.generations, max_completion_length=opts.completion,
         steps_per_generation=opts.spg, num_iterations=opts.num_iterations, gradient_accumulation_steps=opts.grad_accum,
-        learning_rate=1e-4, beta=0.0, temperature=1.0, epsilon_high=5.0, loss_type="cispo", bf16=False,
-        use_cpu=True, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0,
+        learning_rate=1e-4, beta=0.0, temperature=1.0, epsilon_high=5.0, loss_type="cispo", bf16=on_gpu,
+        use_cpu=not on_gpu, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0,
     )  # fmt: skip
+    settings.update(getattr(opts, "extra", {}))
+    return settings
 
 
 def reward_digit_share(completions: list[str], **kwargs) -> list[float]:
