@@ -378,11 +378,42 @@ def transport_section(report: Report, model: Path, step_seconds: float | None) -
     report("")
 
 
+def profile_section(report: Report, model: Path, opts) -> None:
+    """cProfile one run of each trainer: the functions both call whose time per step differs most (the
+    same work done at different cost), then those only one of them calls."""
+    import cProfile
+    import pstats
+
+    import step_time
+
+    steps = opts.warmup + 2 * opts.cycle
+    for kind in step_time.TRAINERS:  # imports and first-call costs out of the profile
+        step_time.timed_run(kind, model, opts.cycle, opts)
+    per_step = {}
+    for kind in step_time.TRAINERS:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        step_time.timed_run(kind, model, steps, opts)
+        profiler.disable()
+        stats = pstats.Stats(profiler).stats
+        per_step[kind] = {step_time._name(f): row[3] / steps for f, row in stats.items()}  # cumulative
+    ours, trl = per_step["ours"], per_step["trl"]
+    report(f"## 5. Where the two trainers' times differ (cProfile, one run of {steps} steps each, ms per step)\n")
+    for title, names in (("called by both", set(ours) & set(trl)), ("called by one only", set(ours) ^ set(trl))):
+        ranked = sorted(names, key=lambda n: -abs(ours.get(n, 0.0) - trl.get(n, 0.0)))[:15]
+        report(f"{title}:\n\n| function | ours | TRL | ours - TRL |\n|---|---:|---:|---:|")
+        for name in ranked:
+            a, b = ours.get(name, 0.0) * 1000, trl.get(name, 0.0) * 1000
+            report(f"| `{name}` | {a:.1f} | {b:.1f} | {a - b:+.1f} |")
+        report("")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for gpu_checks.md")
     parser.add_argument("--quick", action="store_true", help="a tiny model and few steps: checks the script itself")
-    parser.add_argument("--sections", default="1234", help="which sections to run, e.g. 124")
+    parser.add_argument("--sections", default="1234", help="which sections to run, e.g. 124; 5 profiles both trainers")
+    parser.add_argument("--reps", type=int, default=None, help="ABBA repetitions of section 2 (default 2)")
     parser.add_argument("--budget_s", type=float, default=420, help="start no section after this many seconds")
     args = parser.parse_args(argv)
     import torch
@@ -397,6 +428,7 @@ def main(argv=None) -> int:
     peak = {"tflops": float("nan"), "bandwidth_gbs": float("nan")}
     medians = None
     opts = step_options(args.quick, device)
+    opts.reps = args.reps or opts.reps
     with tempfile.TemporaryDirectory(prefix="gpu-checks-") as work:
         opts.work = work
         model = Path(work) / "model"
@@ -406,6 +438,7 @@ def main(argv=None) -> int:
             "2": lambda: step_time_section(report, model, params, peak, opts, device),
             "3": lambda: host_sync_section(report, model, opts, device),
             "4": lambda: transport_section(report, model, medians["ours"]["step"] if medians else None),
+            "5": lambda: profile_section(report, model, opts),
         }
         began = time.perf_counter()
         for key in args.sections:

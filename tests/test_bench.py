@@ -79,3 +79,14 @@ def test_cli_vs_trl_quick_compares_equal_work():
     assert re.search(r"ratio cli / trl: median [0-9.]+", out), out  # a timing: reported, not asserted
     gap = float(re.search(r"logged rewards: ([0-9.e+-]+|inf|nan)", out).group(1))
     assert gap == 0.0, out  # the CLI and bare TRL sampled and scored the same rollouts
+
+
+def test_gpu_checks_quick_runs_on_the_cpu_and_checks_what_it_times(tmp_path):
+    """The GPU script's CPU check: equal work on both trainers, and the weight transport arrives bit-exact."""
+    out = run_bench("gpu_checks.py", "--sections", "24", "--out", str(tmp_path))
+    report = (tmp_path / "gpu_checks.md").read_text()
+    assert out.count("| swift_cispo.GRPOTrainer (cispo) |") == 1 and "| trl.GRPOTrainer (cispo) |" in report
+    assert "logged rewards identical on both sides: True" in report, report
+    assert re.search(r"\| gloo \| [0-9.]+ GB \| [0-9.]+ \| [0-9.]+ \| True \|", report), report
+    assert "| nccl | - | - | - | - | no CUDA device |" in report  # said, not invented
+    assert "failed" not in report and "not run" not in report
