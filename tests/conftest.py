@@ -26,6 +26,21 @@ def _default_dtype_is_restored():
     torch.set_default_dtype(SESSION_DTYPE)
 
 
+@pytest.fixture(autouse=True)
+def _plugin_registries_are_restored():
+    """A test that loads a plugin file (or registers a reward, scheduler, environment) leaves the registries as
+    they were for the next test."""
+    from swift_cispo.rewards import orms, rm_plugins
+    from swift_cispo.rollout import context_managers, envs, multi_turns
+
+    registries = (orms, rm_plugins, multi_turns, envs, context_managers)
+    saved = [dict(registry) for registry in registries]
+    yield
+    for registry, entries in zip(registries, saved):
+        registry.clear()
+        registry.update(entries)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """An untrained 2-layer Qwen2 with the demo's tokenizer (float32), so tests do not depend on the demo weights."""

@@ -113,3 +113,33 @@ def listening_addresses(port: int) -> set[str]:
                 raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
                 found.add(socket.inet_ntop(socket.AF_INET if width == 8 else socket.AF_INET6, raw))
     return found
+
+
+class RolloutServer:
+    """`swift rollout` on the demo model in a subprocess, waited for until it answers."""
+
+    def __init__(self, tmp_path: Path, port: int):
+        self.port = port
+        self.group_port = free_port()  # each server its own weight-transfer port
+        self.log = tmp_path / f"rollout-{port}.log"
+        env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "swift_cispo", "rollout", "--model", str(REPO / "swift_cispo" / "demo" / "model"),
+             "--port", str(port), "--torch_dtype", "float32"],
+            stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+        from swift_cispo.generation import RolloutClient
+
+        self.client = RolloutClient("127.0.0.1", port, timeout=180)
+        try:
+            self.client.wait_until_up()
+        except Exception:
+            self.stop()
+            raise AssertionError(self.log.read_text()[-3000:]) from None
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)

@@ -44,7 +44,6 @@ def test_every_ms_swift_default_is_accepted_in_one_command_line(tmp_path):
     ("fipo_clip_range", "0.3", "FIPO"),
     ("teacher_model", "Qwen/Qwen2.5-7B", "distillation"),
     ("quant_bits", "4", "bitsandbytes"),
-    ("multi_turn_scheduler", "thinking_tips_scheduler", "is not built yet"),
     ("reward_model", "my_rm", "is not built yet"),
     ("lmbda", "0.7", "GKD"),
 ])
@@ -101,11 +100,8 @@ EXPECTED_REFUSALS = {
     "internal__rloo.sh": "needs a CUDA GPU|needs the flash_attn package",
     "internal__sapo.sh": "needs a CUDA GPU|needs the flash_attn package",
     "internal__vllm_lora_qwenvl72b.sh": "needs a CUDA GPU|needs the flash_attn package",
-    "internal__vllm_multi_turn.sh": "--multi_turn_scheduler math_tip_trick is not built yet",
     "multi_node__server_multi_node.sh": "invalid int value: '<node1_port>'",  # the script's placeholder; ms-swift refuses it too
     "opd_rl.sh": "on-policy distillation with a teacher model",
-    "plugin__openenv__run_grpo_sudoku.sh": "--multi_turn_scheduler sudoku_scheduler is not built yet",
-    "plugin__openenv__run_grpo_sudoku_server.sh": "--multi_turn_scheduler sudoku_scheduler is not built yet",
     "plugin__run_external_reward_model.sh": "--reward_model .* is not built yet",
 }
 

@@ -88,6 +88,7 @@ RANGES: dict[str, Range] = {
     "steps_per_generation": AT_LEAST_ONE,
     "generation_batch_size": AT_LEAST_ONE,
     "max_resample_times": AT_LEAST_ONE,
+    "max_turns": AT_LEAST_ONE,
     # vLLM
     "vllm_server_port": PORT,
     "vllm_group_port": PORT,

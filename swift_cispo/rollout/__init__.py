@@ -1,11 +1,11 @@
 """Rollout schedulers (single- and multi-turn), gym environments and the records they exchange.
 
 The interfaces and registries are ms-swift's, so plugin files written for ms-swift register here
-unchanged; training with them from the command line is not built yet (see :mod:`.multi_turn`).
+unchanged and train with ``--multi_turn_scheduler NAME`` (see :mod:`.multi_turn` and :mod:`.engine`).
 """
 
 from .gym_env import ContextManager, Env, context_managers, envs
-from .multi_turn import GYMScheduler, MultiTurnScheduler, OpenEnvScheduler, RolloutScheduler, multi_turns
+from .multi_turn import GYMScheduler, MathTipsScheduler, MultiTurnScheduler, OpenEnvScheduler, RolloutScheduler, multi_turns
 from .protocol import (
     ChatCompletionResponse,
     ChatCompletionResponseChoice,
@@ -26,6 +26,7 @@ __all__ = [
     "Env",
     "GYMScheduler",
     "InferRequest",
+    "MathTipsScheduler",
     "Messages",
     "MultiTurnScheduler",
     "OpenEnvScheduler",

@@ -1,9 +1,9 @@
 """Environments for gym-style multi-turn rollouts, with ms-swift's interface and registry (``envs``).
 
 ``Env`` is ms-swift's ``swift.rollout.gym_env.Env``: ``reset`` gives the first observation, ``step``
-answers each model reply with the next observation, a reward and whether the episode ended. Training
-with an environment (``--use_gym_env``) is not built yet: registering one works, using one ends in
-:func:`env_class`'s sentence.
+answers each model reply with the next observation, a reward and whether the episode ended. The
+``gym_scheduler`` runs them in training (``--multi_turn_scheduler gym_scheduler --gym_env NAME
+--use_gym_env true``: the episode's total reward is the reward).
 """
 
 from __future__ import annotations
@@ -54,11 +54,8 @@ context_managers: Dict[str, type] = {"dummyContextManager": DummyContextManager}
 
 
 def env_class(name: str) -> type:
-    """The environment ``--gym_env NAME`` names; training with one is not built yet, so this ends in that sentence."""
+    """The environment ``--gym_env NAME`` names, or one sentence listing the registered ones."""
     if name not in envs:
         registered = ", ".join(sorted(envs)) or "none"
         raise UserError(f"unknown gym environment '{name}'; registered: {registered} (plugin files add more)")
-    raise UserError(
-        f"gym environment '{name}' is registered, but gym rollouts (--use_gym_env) are not built yet in swift-cispo; "
-        "train without --use_gym_env"
-    )
+    return envs[name]

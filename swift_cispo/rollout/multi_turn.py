@@ -14,8 +14,8 @@ for ms-swift registers and runs unchanged:
   ``on_trajectory_start`` and ``on_turn_end``.
 
 The engine a scheduler calls is anything with ``async infer_async(request, request_config) ->
-ChatCompletionResponse``. Training with a scheduler (``--multi_turn_scheduler``) is not built yet:
-registering one works, naming one on the command line ends in :func:`scheduler_class`'s sentence.
+ChatCompletionResponse``; in training it is :class:`swift_cispo.rollout.engine.TrajectoryEngine`, which
+batches the turns of all trajectories and keeps their tokens (:mod:`swift_cispo.rollout.trajectory`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from copy import deepcopy
 from typing import Any, Dict, List, Optional, Union
 
 from ..errors import UserError
-from .gym_env import envs
+from .gym_env import env_class
 from .protocol import ChatCompletionResponseChoice, RequestConfig, RolloutInferRequest, RolloutOutput, remove_response
 
 
@@ -256,10 +256,7 @@ class GYMScheduler(MultiTurnScheduler):
         return {"infer_request": infer_request}
 
     def _create_env(self, env_config: Dict):
-        name = env_config.get("name", self.gym_env_name)
-        if name not in envs:
-            raise UserError(f"gym environment '{name}' is not registered; registered: {', '.join(sorted(envs)) or 'none'}")
-        return envs[name](env_config)
+        return env_class(env_config.get("name", self.gym_env_name))(env_config)
 
 
 class OpenEnvScheduler(GYMScheduler):
@@ -290,16 +287,62 @@ class OpenEnvScheduler(GYMScheduler):
             return str(observation)
 
 
+class MathTipsScheduler(MultiTurnScheduler):
+    """ms-swift's ``math_tip_trick``: a wrong answer gets one second chance within the same reply.
+
+    After the first turn, a reply whose answer does not match the row's ``solution`` (else ``answer``;
+    math-verify, as the ``accuracy`` reward) is cut before its ``<answer>`` or ``</think>`` and continued after the hint
+    :attr:`tips_prompt`; the hint is context, not trained on. A correct reply, a cut-off one, or one that
+    already had its hint ends the trajectory.
+    """
+
+    tips_prompt = "But wait... It seems I made a mistake,"
+
+    def check_finished(self, infer_request, response_choice, current_turn) -> bool:
+        from ..rewards.builtin import math_accuracy
+
+        reply = infer_request.messages[-1]["content"]
+        if self.tips_prompt in reply:
+            return True
+        row = infer_request.data_dict or {}
+        reference = row.get("solution", row.get("answer"))
+        if reference is None:
+            raise UserError("multi-turn scheduler math_tip_trick needs a 'solution' or an 'answer' column in the dataset (the reference answer)")
+        if math_accuracy(reply, reference) == 1.0:
+            return True
+        return super().check_finished(infer_request, response_choice, current_turn)
+
+    def step(self, infer_request, response_choice, current_turn) -> Dict[str, Any]:
+        reply = infer_request.messages[-1]["content"]
+        cuts = [reply.index(tag) for tag in ("<answer>", "</think>") if tag in reply]
+        infer_request.messages[-1]["content"] = reply[: min(cuts, default=len(reply))] + self.tips_prompt
+        return {"infer_request": infer_request}  # the engine continues this assistant message
+
+
+class ThinkingTipsScheduler(MultiTurnScheduler):
+    """ms-swift's ``thinking_tips_scheduler`` turns each turn of a trajectory into its own training sample, so a
+    group holds a varying number of samples; that is not built here, and naming it says so."""
+
+    def __init__(self, *args, **kwargs):
+        raise UserError(
+            "multi-turn scheduler thinking_tips_scheduler makes one training sample per turn (a varying number per "
+            "prompt), which swift-cispo does not build; use math_tip_trick, or a scheduler that returns one "
+            "trajectory per prompt"
+        )
+
+
 #: Name -> scheduler class; plugin files add theirs (``multi_turns['mine'] = MyScheduler``).
-multi_turns: Dict[str, type] = {"gym_scheduler": GYMScheduler, "openenv_scheduler": OpenEnvScheduler}
+multi_turns: Dict[str, type] = {
+    "math_tip_trick": MathTipsScheduler,
+    "thinking_tips_scheduler": ThinkingTipsScheduler,
+    "gym_scheduler": GYMScheduler,
+    "openenv_scheduler": OpenEnvScheduler,
+}
 
 
 def scheduler_class(name: str) -> type:
-    """The scheduler ``--multi_turn_scheduler NAME`` names; training with one is not built yet, so this ends in that sentence."""
+    """The scheduler ``--multi_turn_scheduler NAME`` names, or one sentence listing the registered ones."""
     if name not in multi_turns:
         registered = ", ".join(sorted(multi_turns))
         raise UserError(f"unknown multi-turn scheduler '{name}'; registered: {registered} (plugin files add more)")
-    raise UserError(
-        f"multi-turn scheduler '{name}' is registered, but multi-turn rollouts (--multi_turn_scheduler) are not built yet "
-        "in swift-cispo; train without --multi_turn_scheduler"
-    )
+    return multi_turns[name]

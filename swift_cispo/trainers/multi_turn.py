@@ -1,0 +1,231 @@
+"""Multi-turn rollouts in training: a registered scheduler runs every row's trajectory on the trainer's backend.
+
+The trainer hands this module's :func:`multi_turn_rollout` to TRL as its ``rollout_func`` (the seam TRL
+keeps for custom rollouts): TRL then scores, pads and trains what it returns. Per row it returns the
+first turn's prompt tokens, the rest of the trajectory as the completion, and ``env_mask`` (TRL's name):
+1 for tokens the policy sampled, 0 for environment/tool/hint text and template markers. TRL turns
+``env_mask`` into its ``tool_mask``: masked tokens are left out of the loss, the completion-token count
+the loss is normalised by, and the logged completion lengths.
+
+The reward functions see, as ``completions``, the final assistant message of each conversation (as in
+ms-swift), and the scheduler's ``rollout_infos`` (turn count, an environment's rewards...) as a column.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+import torch
+
+from ..errors import UserError
+from ..rollout.engine import TrajectoryEngine, run_trajectories
+from ..rollout.multi_turn import scheduler_class
+from ..rollout.protocol import RequestConfig, RolloutInferRequest
+
+logger = logging.getLogger("swift_cispo")
+
+
+def build_scheduler(trainer):
+    args = trainer.args
+    cls = scheduler_class(args.multi_turn_scheduler)
+    options = {"tokenizer": trainer.processing_class}
+    if args.gym_env:
+        options["gym_env"] = args.gym_env
+    return cls(infer_engine=None, max_turns=args.max_turns, **options)
+
+
+def as_messages(prompt) -> list[dict]:
+    """A dataset prompt as a conversation (a plain-text prompt is the user's one message)."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [dict(message) for message in prompt]
+
+
+def multi_turn_rollout(prompts: list, trainer) -> dict:
+    """TRL's ``rollout_func``: one trajectory per row of this process's generation batch."""
+    args = trainer.args
+    rows = trainer._rollout_rows
+    if rows is None or len(rows) != len(prompts):
+        raise RuntimeError("internal error: the multi-turn rollout lost its dataset rows")
+    tokenizer = trainer.processing_class
+    engine = TrajectoryEngine(
+        tokenizer,
+        generate_batch=_backend(trainer),
+        max_completion_length=args.max_completion_length,
+        eos_token_ids=trainer.eos_token_ids,
+        chat_template_kwargs=getattr(trainer, "chat_template_kwargs", None) or {},
+        scheduler_name=args.multi_turn_scheduler,
+        model_name=str(getattr(trainer.model.config, "_name_or_path", "policy")),
+    )
+    scheduler = trainer._multi_turn_scheduler
+    scheduler.infer_engine = engine
+    requests = [
+        RolloutInferRequest(
+            messages=as_messages(prompt),
+            data_dict={key: value for key, value in row.items() if key != "prompt"},
+            uuid=uuid.uuid4().hex,
+        )
+        for prompt, row in zip(prompts, rows)
+    ]
+    config = RequestConfig(
+        max_tokens=args.max_completion_length, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty, logprobs=trainer.use_vllm, n=1,
+    )  # fmt: skip
+    with _generation_context(trainer):
+        outputs = asyncio.run(run_trajectories(scheduler, engine, requests, config))
+    for output in outputs:
+        if isinstance(output, list):
+            raise UserError(
+                f"multi-turn scheduler {args.multi_turn_scheduler} returned {len(output)} outputs for one trajectory; "
+                "splitting a trajectory into several training samples is not built here: return one RolloutOutput per request"
+            )
+    trajectories = [engine.trajectories[request.uuid] for request in requests]
+    limit = args.max_completion_length
+    trainer._multi_turn_completions = [_final_reply(output, tokenizer, t) for output, t in zip(outputs, trajectories)]
+    trainer._metrics["train" if trainer.model.training else "eval"]["multi_turn/turns"].extend(
+        float(output.rollout_infos.get("num_turns", 1)) for output in outputs
+    )
+    result = {
+        "prompt_ids": [t.token_ids[: t.prompt_length] for t in trajectories],
+        "completion_ids": [t.completion_ids[:limit] for t in trajectories],
+        "env_mask": [t.trained[:limit] for t in trajectories],
+        "logprobs": [t.logprobs[:limit] for t in trajectories] if trainer.use_vllm else None,
+        "rollout_infos": [dict(output.rollout_infos) for output in outputs],
+    }
+    if not any(sum(mask) for mask in result["env_mask"]):
+        raise UserError(f"multi-turn scheduler {args.multi_turn_scheduler} produced no sampled tokens in this rollout (nothing to train on)")
+    return result
+
+
+def _final_reply(output, tokenizer, trajectory) -> str:
+    """What the reward functions score: the conversation's last assistant message (ms-swift's convention)."""
+    for message in reversed(output.messages or []):
+        if message.get("role") == "assistant":
+            return message.get("content") or ""
+    return tokenizer.decode(trajectory.completion_ids, skip_special_tokens=True)
+
+
+# ------------------------------------------------------------------ backends: a batch of token prompts -> new tokens
+def _backend(trainer):
+    if not trainer.use_vllm:
+        return _hf_generate(trainer)
+    if trainer.args.vllm_mode == "colocate":
+        return _colocate_generate(trainer)
+    return _server_generate(trainer)
+
+
+class _generation_context:
+    """transformers' generate runs on the unwrapped model (ZeRO-3 weights gathered once for the whole rollout,
+    so every process enters the gather once however many turns its trajectories take); vLLM needs nothing."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.context = None
+
+    def __enter__(self):
+        trainer = self.trainer
+        if trainer.use_vllm:
+            return self
+        from trl.models.utils import unwrap_model_for_generation
+
+        self.context = unwrap_model_for_generation(
+            trainer.model_wrapped, trainer.accelerator, gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
+            generation_kwargs=trainer.generation_kwargs, gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs,
+        )  # fmt: skip
+        trainer._multi_turn_model = self.context.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.context is not None:
+            self.trainer._multi_turn_model = None
+            return self.context.__exit__(*exc)
+        return False
+
+
+def _hf_generate(trainer):
+    from transformers import GenerationConfig
+
+    tokenizer = trainer.processing_class
+    pad = tokenizer.pad_token_id
+    device = trainer.accelerator.device
+
+    def generate(prompts: list[list[int]], limits: list[int]):
+        model = trainer._multi_turn_model
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long, device=device)
+        attention = torch.zeros_like(ids)
+        for row, prompt in enumerate(prompts):  # left padding: every prompt ends where generation starts
+            ids[row, width - len(prompt) :] = torch.tensor(prompt, device=device)
+            attention[row, width - len(prompt) :] = 1
+        config = GenerationConfig(**{**trainer.generation_config.to_dict(), "max_new_tokens": max(limits)})
+        with torch.no_grad():
+            output = model.generate(input_ids=ids, attention_mask=attention, generation_config=config)
+        new = output[:, width:].tolist()
+        return [(_until_eos(tokens, trainer.eos_token_ids, pad)[:limit], None) for tokens, limit in zip(new, limits)]
+
+    return generate
+
+
+def _until_eos(tokens: list[int], eos_ids, pad: int) -> list[int]:
+    for index, token in enumerate(tokens):
+        if token in eos_ids:
+            return tokens[: index + 1]
+    return tokens
+
+
+def _colocate_generate(trainer):
+    from vllm import SamplingParams
+
+    backend = trainer.vllm_generation
+
+    def generate(prompts: list[list[int]], limits: list[int]):
+        base = dict(
+            n=1, repetition_penalty=trainer.repetition_penalty, temperature=trainer.temperature, top_p=trainer.top_p,
+            top_k=trainer.top_k, min_p=0.0 if trainer.min_p is None else trainer.min_p, logprobs=0,
+        )  # fmt: skip
+        base.update(backend.generation_kwargs or {})
+        params = [SamplingParams(**{**base, "max_tokens": limit}) for limit in limits]
+        outputs = backend.llm.generate([{"prompt_token_ids": p} for p in prompts], sampling_params=params, use_tqdm=False)
+        backend.last_rollout_version = backend.weights_version
+        return [(list(o.outputs[0].token_ids), _sampled_logprobs(o.outputs[0])) for o in outputs]
+
+    return generate
+
+
+def _sampled_logprobs(completion) -> list[float] | None:
+    if completion.logprobs is None:
+        return None
+    return [step[token].logprob for step, token in zip(completion.logprobs, completion.token_ids)]
+
+
+def _server_generate(trainer):
+    """Each process asks the rollout server for its own trajectories' turns (the server batches what arrives).
+    The current weights are pushed once, before the rollout's first turn (every process takes part)."""
+    from ..generation.client import RolloutClient
+
+    backend = trainer.vllm_generation
+    backend._push_weights()
+    client = backend.vllm_client
+    if client is None:  # only the main process holds the weight-pushing client; the others need HTTP only
+        client = RolloutClient(backend.server_host, backend.server_port, timeout=backend.server_timeout, api_key=backend.api_key)
+
+    def generate(prompts: list[list[int]], limits: list[int]):
+        results: list = [None] * len(prompts)
+        for limit in sorted(set(limits)):  # one request per distinct turn budget
+            rows = [i for i, value in enumerate(limits) if value == limit]
+            payload = client.generate(
+                prompts=[prompts[i] for i in rows], n=1, repetition_penalty=trainer.repetition_penalty,
+                temperature=trainer.temperature, top_p=trainer.top_p, top_k=trainer.top_k,
+                min_p=0.0 if trainer.min_p is None else trainer.min_p, max_tokens=limit, logprobs=0,
+                generation_kwargs=backend.generation_kwargs,
+            )  # fmt: skip
+            logprobs = payload.get("logprobs")
+            for j, i in enumerate(rows):
+                token_logprobs = [step[0] if isinstance(step, list) else step for step in logprobs[j]] if logprobs else None
+                results[i] = (list(payload["completion_ids"][j]), token_logprobs)
+        backend.last_rollout_version = backend.weights_version
+        return results
+
+    return generate
