@@ -198,7 +198,7 @@ def test_tool_call_scheduler_of_plugin_py_runs_a_tool_turn():
     assert engine.requests[1][-1]["content"].endswith("Result: 5")
 
 
-def test_registered_schedulers_and_environments_are_found_and_rm_plugins_are_not_built_yet():
+def test_registered_schedulers_environments_and_rm_plugins_are_found():
     from swift_cispo.rewards.rm_plugin import rm_plugin_class
     from swift_cispo.rollout.gym_env import env_class
     from swift_cispo.rollout.multi_turn import scheduler_class
@@ -208,8 +208,9 @@ def test_registered_schedulers_and_environments_are_found_and_rm_plugins_are_not
     assert env_class("custom_env").__module__ != "swift_cispo.rollout.gym_env"  # the plugin file's class
     with pytest.raises(UserError, match=r"^unknown multi-turn scheduler 'nope'; registered: gym_scheduler, math_tip_trick, openenv_scheduler, thinking_tips_scheduler, tool_call_scheduler"):
         scheduler_class("nope")
-    with pytest.raises(UserError, match=r"^reward-model plugin 'qwenlong' is registered, but reward models from the command line"):
-        rm_plugin_class("qwenlong")
+    assert rm_plugin_class("qwenlong").__name__ == "QwenLongPlugin"
+    with pytest.raises(UserError, match=r"^unknown reward-model plugin 'nope'; registered: default, genrm, my_rmplugin, qwenlong"):
+        rm_plugin_class("nope")
     with pytest.raises(UserError, match=r"^unknown gym environment 'nope'; registered: .*custom_env"):
         env_class("nope")
 
@@ -221,8 +222,8 @@ def test_ms_swift_names_without_a_meaning_here_end_in_one_sentence(tmp_path):
         load_plugin(str(template))
     assert str(err.value).startswith(f"plugin file {template.name} uses swift.template.Template, which swift-cispo does not have: ms-swift's prompt templates")
     engine = tmp_path / "uses_engine.py"
-    engine.write_text("from swift.llm import PtEngine\n\nPtEngine.from_model_template(None, None)\n")
-    with pytest.raises(UserError, match=r"^plugin file uses_engine.py uses swift.llm.PtEngine, which swift-cispo does not have: ms-swift's inference engines"):
+    engine.write_text("from swift.llm import VllmEngine\n\nVllmEngine(None)\n")
+    with pytest.raises(UserError, match=r"^plugin file uses_engine.py line 1 imports VllmEngine from swift.llm, which swift-cispo does not provide to ms-swift plugin files: ms-swift's inference engines"):
         load_plugin(str(engine))
     missing_name = tmp_path / "missing_name.py"
     missing_name.write_text("import os\nfrom swift.rewards.orm import CosineReward\n")

@@ -44,7 +44,7 @@ def test_every_ms_swift_default_is_accepted_in_one_command_line(tmp_path):
     ("fipo_clip_range", "0.3", "FIPO"),
     ("teacher_model", "Qwen/Qwen2.5-7B", "distillation"),
     ("quant_bits", "4", "bitsandbytes"),
-    ("reward_model", "my_rm", "is not built yet"),
+    ("reward_template", "qwen", "is not built yet"),
     ("lmbda", "0.7", "GKD"),
 ])
 def test_other_value_is_refused_naming_flag_and_reason(name, value, reason, tmp_path):
@@ -102,7 +102,6 @@ EXPECTED_REFUSALS = {
     "internal__vllm_lora_qwenvl72b.sh": "needs a CUDA GPU|needs the flash_attn package",
     "multi_node__server_multi_node.sh": "invalid int value: '<node1_port>'",  # the script's placeholder; ms-swift refuses it too
     "opd_rl.sh": "on-policy distillation with a teacher model",
-    "plugin__run_external_reward_model.sh": "--reward_model .* is not built yet",
 }
 
 

@@ -181,6 +181,23 @@ class RLHFArguments:
             "Code runs only from files named here."
         },
     )
+    reward_model: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Reward models (local folders or hub ids), each scored by its --reward_model_plugin and logged as "
+            "rewards/<folder name>/mean after the --reward_funcs; --reward_weights covers reward functions then "
+            "reward models. A sequence-classification model's first logit is the reward (plugin default); a causal "
+            "LM is a judge (plugin genrm, or a plugin file's)."
+        },
+    )
+    reward_model_plugin: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Per --reward_model, the registered plugin that scores with it: default (sequence classification), "
+            "genrm (a generative judge that ends its verdict with 'Reward: <0..1>'), or one a plugin file adds to "
+            "rm_plugins. Missing entries are default."
+        },
+    )
     # Options of the built-in rewards. Each is the constructor parameter of the same name (see
     # swift_cispo/rewards/builtin.py), where its default lives.
     format_pattern: str = field(

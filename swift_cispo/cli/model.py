@@ -7,15 +7,16 @@ from pathlib import Path
 from ..errors import UserError, first_line
 
 
-def check_model_source(source: str, trust_remote_code: bool = False) -> None:
-    """Fail fast on a model path that cannot exist or a folder that cannot be a model, before any weights are read."""
+def check_model_source(source: str, trust_remote_code: bool = False, causal_lm: bool = True) -> None:
+    """Fail fast on a model path that cannot exist or a folder that cannot be a model, before any weights are read
+    (``causal_lm=False``: any architecture, e.g. a reward model's classifier)."""
     from ..data import looks_like_hub_id
 
     path = Path(source).expanduser()
     if not path.exists() and (source.startswith((".", "/", "~")) or not looks_like_hub_id(source)):
         raise UserError(f"model path {source} does not exist (give a local model folder or a hub model id)")
     if path.exists():
-        problem = model_folder_problem(path, trust_remote_code)
+        problem = model_folder_problem(path, trust_remote_code, causal_lm)
         if problem:
             raise UserError(f"model folder {source} {problem}")
 
@@ -23,7 +24,7 @@ def check_model_source(source: str, trust_remote_code: bool = False) -> None:
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
 
 
-def model_folder_problem(folder: Path, trust_remote_code: bool = False) -> str | None:
+def model_folder_problem(folder: Path, trust_remote_code: bool = False, causal_lm: bool = True) -> str | None:
     """What keeps ``folder`` from loading as a causal LM with its tokenizer (the end of a sentence), or None.
 
     Read from the files alone (config.json, weight headers, file names): nothing is unpickled or run.
@@ -48,7 +49,7 @@ def model_folder_problem(folder: Path, trust_remote_code: bool = False) -> str |
         return f"has a config.json that is not valid JSON ({str(err).splitlines()[0]})"
     if not isinstance(config, dict):
         return "has a config.json that is not a JSON object"
-    problem = _architecture_problem(config, trust_remote_code)
+    problem = _architecture_problem(config, trust_remote_code) if causal_lm else None
     if problem:
         return problem
     problem = _weights_problem(folder, safetensors_problem)

@@ -132,6 +132,9 @@ def run(argv: list[str]) -> int:
 
         prepare_deepspeed(config)  # before the weights load: ZeRO-3 partitions them as they do
         model, tokenizer = load_model_and_tokenizer(model_args)
+        from .reward_models import load_reward_models
+
+        reward_funcs = load_reward_models(reward_funcs, model_args, config)
         check_context_length(model, config)
         dataset = _limit_prompt_length(dataset, tokenizer, data_args, config, model)
         dataset, eval_dataset = split_for_evaluation(dataset, data_args.split_dataset_ratio, config.seed)
@@ -214,10 +217,13 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, rlhf_args: RLH
 
     columns = parse_columns(data_args.columns)
     peft_config = lora_config(model_args)
-    if not rlhf_args.reward_funcs:
-        raise UserError(f"--reward_funcs is required: name at least one reward (available: {', '.join(sorted(orms))})")
-    reward_funcs = [reward_function(name, reward_options(rlhf_args, train_args)) for name in rlhf_args.reward_funcs]
-    return columns, peft_config, reward_funcs
+    from .reward_models import reward_model_specs
+
+    models = reward_model_specs(rlhf_args.reward_model, rlhf_args.reward_model_plugin)
+    if not rlhf_args.reward_funcs and not models and not getattr(train_args, "use_gym_env", False):
+        raise UserError(f"--reward_funcs is required: name at least one reward (available: {', '.join(sorted(orms))}), or give --reward_model")
+    reward_funcs = [reward_function(name, reward_options(rlhf_args, train_args)) for name in rlhf_args.reward_funcs or []]
+    return columns, peft_config, [*reward_funcs, *models]  # reward models load with the policy (load_reward_models)
 
 
 def build_config(train_args, output_dir: Path, num_rewards: int, world_size: int | None = None, template=None):

@@ -53,7 +53,6 @@ _UTILS = {
     "remove_response": "swift_cispo.rollout.protocol:remove_response",
 }
 _NO_TEMPLATE = "ms-swift's prompt templates; swift-cispo formats prompts with the model's own chat template (its tokenizer)"
-_NO_ENGINE = "ms-swift's inference engines; generation inside a plugin (a generative judge) is not built yet"
 
 #: ms-swift module -> name -> ``"swift_cispo.module:attribute"``, or ``(None, why)`` for a name that is
 #: importable (ms-swift's examples import it for type hints) but ends in a sentence when used.
@@ -67,7 +66,7 @@ MODULES: dict[str, dict] = {
     "swift.rollout": {**_TURNS, **_GYM},
     "swift.rollout.multi_turn": {**_TURNS, **_GYM, **_PROTOCOL},
     "swift.rollout.gym_env": {**_GYM, "Messages": _PROTOCOL["Messages"], "RolloutInferRequest": _PROTOCOL["RolloutInferRequest"]},
-    "swift.infer_engine": {**_PROTOCOL, "TransformersEngine": (None, _NO_ENGINE)},
+    "swift.infer_engine": {**_PROTOCOL, "TransformersEngine": "swift_cispo.rollout.transformers_engine:TransformersEngine"},
     "swift.infer_engine.protocol": _PROTOCOL,
     "swift.template": {"Template": (None, _NO_TEMPLATE), "Messages": _PROTOCOL["Messages"]},
     "swift.utils": _UTILS,
@@ -78,7 +77,7 @@ MODULES: dict[str, dict] = {
     "swift.plugin.multi_turn": {**_TURNS, **_PROTOCOL},
     "swift.plugin.env": _GYM,
     "swift.plugin.context_manager": _CONTEXT,
-    "swift.llm": {**_PROTOCOL, **_UTILS, "Template": (None, _NO_TEMPLATE), "PtEngine": (None, _NO_ENGINE)},
+    "swift.llm": {**_PROTOCOL, **_UTILS, "Template": (None, _NO_TEMPLATE), "PtEngine": "swift_cispo.rollout.transformers_engine:TransformersEngine"},
     "swift.llm.infer": _PROTOCOL,
     "swift.llm.infer.protocol": _PROTOCOL,
 }

@@ -2,10 +2,10 @@
 
 A plugin is built as ``rm_plugins[name](model=..., template=...)`` and called with the batch's rows
 (dicts holding the whole conversation as ``messages`` plus the dataset's columns); it returns one
-score per row. ``template`` is ms-swift's prompt template there; here it may also be a Hugging Face
-tokenizer, whose chat template formats the conversation. Training with a reward model from the
-command line (``--reward_model``/``--reward_model_plugin``) is not built yet: registering a plugin
-works, naming one ends in :func:`rm_plugin_class`'s sentence.
+score per row. ``template`` is ms-swift's prompt template there; here it is the reward model's Hugging
+Face tokenizer, whose chat template formats the conversation. ``swift rlhf --reward_model PATH
+[--reward_model_plugin NAME]`` loads the model and scores every completion with the plugin
+(:func:`reward_model_function`); its rewards are weighted and logged like a reward function's.
 """
 
 from __future__ import annotations
@@ -48,9 +48,21 @@ class GenRMPlugin(DefaultRMPlugin):
         "End with a score between 0 (wrong) and 1 (fully correct) written as: Reward: <score>"
     )
 
+    max_tokens = 256  # the judge's assessment and its "Reward: <score>" line
+
     def __init__(self, model, template):
+        from ..rollout.protocol import RequestConfig
+        from ..rollout.transformers_engine import TransformersEngine
+
         super().__init__(model, template)
-        raise UserError("generative reward-model plugins (GenRMPlugin) are not built yet in swift-cispo: they need a judge engine")
+        self.engine = TransformersEngine(model, template=template)
+        self.request_config = RequestConfig(temperature=0, max_tokens=self.max_tokens)  # greedy: a judge is deterministic
+
+    def __call__(self, inputs: List[Dict], **kwargs):
+        import torch
+
+        results = self.engine.infer(self.prepare_rm_inputs(inputs), self.request_config, use_tqdm=False)
+        return torch.tensor(self.compute_rewards(results), dtype=torch.float32)
 
     def prepare_rm_inputs(self, inputs: List[Dict]) -> List[Dict]:
         """Each row's conversation folded into one query for the judge, under the judge's system prompt."""
@@ -88,12 +100,36 @@ rm_plugins: Dict[str, type] = {"default": DefaultRMPlugin, "genrm": GenRMPlugin}
 
 
 def rm_plugin_class(name: str) -> type:
-    """The plugin ``--reward_model_plugin NAME`` names; reward models from the command line are not built yet,
-    so this ends in that sentence."""
+    """The plugin ``--reward_model_plugin NAME`` names, or one sentence listing the registered ones."""
     if name not in rm_plugins:
         registered = ", ".join(sorted(rm_plugins))
         raise UserError(f"unknown reward-model plugin '{name}'; registered: {registered} (plugin files add more)")
-    raise UserError(
-        f"reward-model plugin '{name}' is registered, but reward models from the command line (--reward_model, "
-        "--reward_model_plugin) are not built yet in swift-cispo; score with --reward_funcs"
-    )
+    return rm_plugins[name]
+
+
+def is_judge(plugin: type) -> bool:
+    return issubclass(plugin, GenRMPlugin)
+
+
+def conversation(prompt, completion) -> list[dict]:
+    """The prompt and the completion as one conversation (what a reward model reads)."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+    reply = completion[-1]["content"] if isinstance(completion, list) else completion
+    return [*messages, {"role": "assistant", "content": reply}]
+
+
+def reward_model_function(plugin, name: str):
+    """A reward function (TRL's calling convention) that scores each completion with ``plugin``: it gets the
+    rows as ms-swift's plugins do, the whole conversation as ``messages`` beside the dataset's columns."""
+
+    def score(prompts, completions, **columns) -> list[float]:
+        rows = []
+        for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+            row = {key: value[i] for key, value in columns.items() if isinstance(value, list) and len(value) == len(completions)}
+            row["messages"] = conversation(prompt, completion)
+            rows.append(row)
+        rewards = plugin(rows)
+        return [float(value) for value in (rewards.tolist() if hasattr(rewards, "tolist") else rewards)]
+
+    score.__name__ = name
+    return score
