@@ -59,6 +59,12 @@ def parse(argv: list[str]):
     notes = msswift.check_declared(declared)  # ms-swift flags: their default accepted, another value refused
     check_ranges(model_args, data_args, rlhf_args, train_args, ms_args)  # before anything is loaded
     notes += msswift.apply(ms_args, model_args, data_args, train_args, given)
+    if ms_args.vllm_server_pass_dataset and not (rlhf_args.reward_funcs or rlhf_args.reward_model or train_args.use_gym_env):
+        raise UserError(
+            "no reward is given, and rewards from a rollout server's own multi-turn scheduler (ms-swift's `swift rollout "
+            "--multi_turn_scheduler` with --vllm_server_pass_dataset) are not built here; run the scheduler in the "
+            "trainer instead: --multi_turn_scheduler gym_scheduler --use_gym_env true (or name --reward_funcs)"
+        )
     from ..distributed.launch import launch_plan
 
     if launch_plan(needs_launcher=bool(train_args.deepspeed)) is None:  # a launcher leaves the telling to its workers
