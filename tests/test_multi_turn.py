@@ -296,3 +296,15 @@ def test_an_ms_swift_plugin_scheduler_trains_unchanged(tmp_path):
 def test_a_scheduler_that_splits_trajectories_into_samples_is_refused_by_name(tmp_path):
     with pytest.raises(UserError, match="^multi-turn scheduler thinking_tips_scheduler makes one training sample per turn"):
         _train(tmp_path, "thinking_tips_scheduler", ROWS, lambda completions, **kw: [0.0] * len(completions))
+
+
+def test_a_scheduler_that_shapes_the_whole_batch_is_refused_by_name(tmp_path):
+    class Tree(MultiTurnScheduler):
+        async def async_infer(self, infer_requests, request_config, **kwargs):
+            return []
+
+    multi_turns["test_tree"] = Tree
+    config = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", multi_turn_scheduler="test_tree", num_generations=2, per_device_train_batch_size=2)
+    with pytest.raises(UserError, match="^multi-turn scheduler test_tree overrides async_infer to shape the whole batch"):
+        GRPOTrainer(model="/nonexistent/model", reward_funcs=lambda completions, **k: [0.0] * len(completions), args=config,
+                    train_dataset=Dataset.from_list(ROWS))  # fmt: skip

@@ -341,8 +341,16 @@ multi_turns: Dict[str, type] = {
 
 
 def scheduler_class(name: str) -> type:
-    """The scheduler ``--multi_turn_scheduler NAME`` names, or one sentence listing the registered ones."""
+    """The scheduler ``--multi_turn_scheduler NAME`` names, or one sentence listing the registered ones (or saying
+    why a registered one cannot train here)."""
     if name not in multi_turns:
         registered = ", ".join(sorted(multi_turns))
         raise UserError(f"unknown multi-turn scheduler '{name}'; registered: {registered} (plugin files add more)")
-    return multi_turns[name]
+    cls = multi_turns[name]
+    if isinstance(cls, type) and cls.async_infer is not RolloutScheduler.async_infer:
+        raise UserError(
+            f"multi-turn scheduler {name} overrides async_infer to shape the whole batch (e.g. a tree rollout whose "
+            "branches become the group), which swift-cispo does not build; schedulers that run one trajectory per "
+            "request (step and check_finished, or run) train"
+        )
+    return cls
