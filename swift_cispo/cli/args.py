@@ -268,6 +268,7 @@ TRAINING_FLAGS = (
     "cispo_token_mask",
     "importance_sampling_level",
     "dual_clip_c",
+    "cispo_anchor",
     "rollout_importance_sampling_mode",
     "rollout_importance_sampling_threshold",
     "cast_lm_head_to_fp32",

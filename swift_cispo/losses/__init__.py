@@ -4,7 +4,7 @@ from . import policy, sapo  # noqa: F401  (registers the built-in losses)
 from .common import k3_kl, log_importance_ratio
 from .policy import cispo_bounds, ppo_zero_gradient
 from .options import CISPO_CLIP_CONVENTIONS, DEFAULT_CISPO_EPSILON_HIGH, describe, loss_config_from_args, resolve_loss_config
-from .rollout import ROLLOUT_CORRECTION_MODES, rollout_correction
+from .rollout import CISPO_ANCHORS, ROLLOUT_CORRECTION_MODES, importance_denominator, rollout_correction
 from .reduction import REDUCTIONS, ReductionContext
 from .registry import LossConfig, LossOutput, LossSpec, available_losses, get_loss, register_loss
 
@@ -15,6 +15,8 @@ __all__ = [
     "loss_config_from_args",
     "resolve_loss_config",
     "ROLLOUT_CORRECTION_MODES",
+    "CISPO_ANCHORS",
+    "importance_denominator",
     "LossConfig",
     "LossOutput",
     "LossSpec",

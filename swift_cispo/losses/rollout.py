@@ -15,6 +15,23 @@ from __future__ import annotations
 import torch
 
 ROLLOUT_CORRECTION_MODES = ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+CISPO_ANCHORS = ("old", "sampler")
+
+
+def importance_denominator(old_log_probs: torch.Tensor, sampler_log_probs: torch.Tensor | None, anchor: str) -> torch.Tensor:
+    """The log-probabilities CISPO's importance weight divides by.
+
+    ``old``: pi_old, the trainer's own recomputation (the weight sees only the updates since the rollout;
+    the sampler's difference is the rollout correction's job). ``sampler``: pi_sampler, what the rollout
+    engine reported (ScaleRL; SkyRL's ``cispo_anchor: rollout``), so the one clipped weight absorbs the
+    staleness and the sampler/trainer mismatch together. Tokens the sampler did not score (NaN), and rollouts
+    with no sampler log-probs at all (transformers' generate samples from pi_old itself), fall back to pi_old.
+    """
+    if anchor not in CISPO_ANCHORS:
+        raise ValueError(f"unknown cispo_anchor {anchor!r}; allowed: {', '.join(CISPO_ANCHORS)}")
+    if anchor == "old" or sampler_log_probs is None:
+        return old_log_probs
+    return torch.where(torch.isnan(sampler_log_probs), old_log_probs, sampler_log_probs).detach()
 
 
 def rollout_correction(

@@ -13,7 +13,7 @@ from trl import GRPOConfig as TRLGRPOConfig
 
 from ..distributed import resolve_deepspeed_config
 from ..losses.options import LOSS_ARGUMENTS
-from ..losses import CISPO_CLIP_CONVENTIONS, DEFAULT_CISPO_EPSILON_HIGH, ROLLOUT_CORRECTION_MODES, get_loss, resolve_loss_config
+from ..losses import CISPO_CLIP_CONVENTIONS, DEFAULT_CISPO_EPSILON_HIGH, CISPO_ANCHORS, ROLLOUT_CORRECTION_MODES, get_loss, resolve_loss_config
 
 logger = logging.getLogger("swift_cispo")
 
@@ -116,6 +116,17 @@ class GRPOConfig(TRLGRPOConfig):
         metadata={
             "help": "Dual-clip PPO bound c > 1 for the PPO-clip losses (NeMo-RL's ratio_clip_c): with A < 0 the "
             "per-token objective is at least c * A. Default: off."
+        },
+    )
+    cispo_anchor: str = field(
+        default="old",
+        metadata={
+            "help": "What CISPO's importance weight divides by. 'old': pi_old, recomputed by the trainer (the weight sees "
+            "the updates since the rollout; --rollout_importance_sampling_mode corrects for the sampler). 'sampler': "
+            "the rollout engine's own log-probs (ScaleRL, SkyRL's cispo_anchor rollout): one clipped weight "
+            "sg(clip(pi_theta / pi_sampler)) absorbs staleness and sampler mismatch, and the separate rollout "
+            "correction is not applied on top. Rollouts without sampler log-probs (transformers generate) use pi_old.",
+            "choices": ["old", "sampler"],
         },
     )
     rollout_importance_sampling_mode: str = field(
@@ -487,6 +498,15 @@ class GRPOConfig(TRLGRPOConfig):
             raise ValueError(
                 f"rollout_importance_sampling_mode must be one of {', '.join(ROLLOUT_CORRECTION_MODES)}; "
                 f"got {self.rollout_importance_sampling_mode!r}"
+            )
+        if self.cispo_anchor not in CISPO_ANCHORS:
+            raise ValueError(f"cispo_anchor must be one of {', '.join(CISPO_ANCHORS)}; got {self.cispo_anchor!r}")
+        if self.cispo_anchor != "old" and self.loss_type != "cispo":
+            raise ValueError(f"cispo_anchor applies to loss_type=cispo only (got loss_type={self.loss_type}); leave it at 'old'")
+        if self.cispo_anchor == "sampler" and self.rollout_importance_sampling_mode != "none":
+            logger.warning(
+                "cispo_anchor sampler: CISPO's weight divides by the sampler's probability, so the separate rollout "
+                "correction (rollout_importance_sampling_mode %s) is not applied on top", self.rollout_importance_sampling_mode,
             )
         if not self.rollout_importance_sampling_threshold > 0:
             raise ValueError(f"rollout_importance_sampling_threshold must be > 0; got {self.rollout_importance_sampling_threshold}")

@@ -27,7 +27,7 @@ from ..callbacks import NonFiniteGradientGuard
 from ..records import COMPLETIONS_FILE, append_jsonl, completion_rows
 from ..checkpoints import load_rollout_state, save_rollout_state, saved_rollout_ranks
 from ..errors import NonFiniteError
-from ..losses import ReductionContext, get_loss, k3_kl, log_importance_ratio, loss_config_from_args, rollout_correction
+from ..losses import ReductionContext, get_loss, importance_denominator, k3_kl, log_importance_ratio, loss_config_from_args, rollout_correction
 from ..losses.reduction import REDUCTIONS
 from ..trl_contract import trl_version_problem
 from ..distributed import prepare_deepspeed
@@ -360,11 +360,13 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
         old_log_probs = inputs.get("old_per_token_logps")
         old_log_probs = log_probs.detach() if old_log_probs is None else old_log_probs
 
-        out = self.loss_spec.fn(log_probs, old_log_probs, advantages, mask, self.loss_config)
+        # --cispo_anchor sampler: the weight divides by pi_sampler, and then no separate correction goes on top
+        denominator = importance_denominator(old_log_probs, inputs.get("sampling_per_token_logps"), self.args.cispo_anchor)
+        out = self.loss_spec.fn(log_probs, denominator, advantages, mask, self.loss_config)
         per_token_loss = out.per_token_loss
         if self.top_entropy_quantile < 1.0:
             per_token_loss = per_token_loss * self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
-        rollout_weight = self._rollout_correction(inputs, old_log_probs, mask)
+        rollout_weight = self._rollout_correction(inputs, old_log_probs, mask) if self.args.cispo_anchor == "old" else None
         if rollout_weight is not None:  # sampler-vs-trainer correction, separate from the loss's own weight
             per_token_loss = per_token_loss * rollout_weight
             self._step_metrics.add_token_means(mask, **{"rollout_is/weight_mean": rollout_weight})
