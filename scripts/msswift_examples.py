@@ -90,7 +90,7 @@ def write_datasets(folder: Path) -> dict[str, Path]:
     for shape, (prompt, answer) in {**DATASET_SHAPES, "default": ("prompt", "solution")}.items():
         path = folder / f"data-{shape}.jsonl"
         rows = [{prompt: f"{a}+{b}=", answer: str(a + b) if answer == "solution" else f"{a}+{b}={a + b}\n#### {a + b}"}
-                for a in range(4) for b in range(4)]
+                for a in range(8) for b in range(8)]  # 64 prompts: gspo.sh takes 32 per generation batch
         path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
         paths[shape] = path
     return paths
