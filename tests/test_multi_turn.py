@@ -308,3 +308,16 @@ def test_a_scheduler_that_shapes_the_whole_batch_is_refused_by_name(tmp_path):
     with pytest.raises(UserError, match="^multi-turn scheduler test_tree overrides async_infer to shape the whole batch"):
         GRPOTrainer(model="/nonexistent/model", reward_funcs=lambda completions, **k: [0.0] * len(completions), args=config,
                     train_dataset=Dataset.from_list(ROWS))  # fmt: skip
+
+
+def test_an_openenv_scheduler_is_refused_before_the_model_loads(tmp_path):
+    from swift_cispo.rollout import OpenEnvScheduler
+
+    class Sudoku(OpenEnvScheduler):
+        pass
+
+    multi_turns["test_sudoku"] = Sudoku
+    config = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", multi_turn_scheduler="test_sudoku", num_generations=2, per_device_train_batch_size=2)
+    with pytest.raises(UserError, match="^multi-turn scheduler test_sudoku is an OpenEnvScheduler, whose environments are OpenEnv servers"):
+        GRPOTrainer(model="/nonexistent/model", reward_funcs=lambda completions, **k: [0.0] * len(completions), args=config,
+                    train_dataset=Dataset.from_list(ROWS))  # fmt: skip

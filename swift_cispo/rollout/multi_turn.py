@@ -347,6 +347,11 @@ def scheduler_class(name: str) -> type:
         registered = ", ".join(sorted(multi_turns))
         raise UserError(f"unknown multi-turn scheduler '{name}'; registered: {registered} (plugin files add more)")
     cls = multi_turns[name]
+    if isinstance(cls, type) and issubclass(cls, OpenEnvScheduler):
+        raise UserError(
+            f"multi-turn scheduler {name} is an OpenEnvScheduler, whose environments are OpenEnv servers, which swift-cispo "
+            "does not build; a gym_scheduler with an environment registered in envs trains"
+        )
     if isinstance(cls, type) and cls.async_infer is not RolloutScheduler.async_infer:
         raise UserError(
             f"multi-turn scheduler {name} overrides async_infer to shape the whole batch (e.g. a tree rollout whose "
