@@ -223,6 +223,10 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, rlhf_args: RLH
 
     columns = parse_columns(data_args.columns)
     peft_config = lora_config(model_args)
+    if getattr(train_args, "multi_turn_scheduler", None):
+        from ..rollout.multi_turn import scheduler_class
+
+        scheduler_class(train_args.multi_turn_scheduler)  # after the plugins, before any weights load
     from .reward_models import reward_model_specs
 
     models = reward_model_specs(rlhf_args.reward_model, rlhf_args.reward_model_plugin)
