@@ -58,15 +58,15 @@ def tiny_llama():
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_estimate_is_within_a_factor_of_the_measured_peak(tiny_llama, checkpointing):
+def test_estimate_is_within_a_factor_of_the_measured_peak(tiny_llama):
     batch, sequence = 4, 128
     shape = model_shape(tiny_llama, torch.float32)
-    estimate = estimate_peak_memory(shape, batch_size=batch, sequence_length=sequence, gradient_checkpointing=checkpointing)
-    training = estimate.static + estimate.activations + estimate.logits  # the measured steps generate nothing
-    measured = measured_peak(tiny_llama, batch, sequence, checkpointing)
-    print(f"checkpointing={checkpointing}: estimated {training / 2**20:.0f} MiB, measured {measured / 2**20:.0f} MiB")
-    assert measured / FACTOR <= training <= measured * FACTOR, (training, measured)
+    for checkpointing in (False, True):
+        estimate = estimate_peak_memory(shape, batch_size=batch, sequence_length=sequence, gradient_checkpointing=checkpointing)
+        training = estimate.static + estimate.activations + estimate.logits  # the measured steps generate nothing
+        measured = measured_peak(tiny_llama, batch, sequence, checkpointing)
+        print(f"checkpointing={checkpointing}: estimated {training / 2**20:.0f} MiB, measured {measured / 2**20:.0f} MiB")
+        assert measured / FACTOR <= training <= measured * FACTOR, (checkpointing, training, measured)
 
 
 def test_activations_grow_with_batch_and_shrink_with_checkpointing():
@@ -117,11 +117,19 @@ def test_processes_on_one_machine_share_its_memory():
     assert memory_warning(_smollm2, 21 * 2**30, 4, _Config(32), "memory") is not None
 
 
-def test_swift_rlhf_warns_before_training(tiny_model_dir, data_file, tmp_path, capsys, monkeypatch):
+def test_swift_rlhf_warns_before_the_weights_load(tiny_model_dir, data_file, tmp_path, capsys, monkeypatch):
+    from swift_cispo.cli import rlhf
+    from swift_cispo.errors import UserError
+
+    def stop(model_args):
+        raise UserError("stopped where the weights would load")
+
     monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 2**20)  # 1 MiB: nothing fits
+    monkeypatch.setattr(rlhf, "load_model_and_tokenizer", stop)
     result = swift_in_process(
         "rlhf", "--model", tiny_model_dir, "--dataset", data_file, "--reward_funcs", "exact_match",
         "--output_dir", tmp_path / "out", *FAST, "--report_to", "none", capsys=capsys,
     )  # fmt: skip
-    assert "estimated to need" in result.stderr and "1 MiB of memory is available" in result.stderr, result.stderr[-3000:]
-    assert result.stderr.index("estimated to need") < result.stderr.index("training Qwen2ForCausalLM"), "warned before training"
+    assert result.returncode == 2 and "stopped where the weights would load" in result.stderr, result.stderr[-3000:]
+    assert "one micro-batch is estimated to need" in result.stderr, result.stderr[-3000:]
+    assert "but 1 MiB of memory is available" in result.stderr, result.stderr[-3000:]
