@@ -7,6 +7,8 @@
 #   LOSS=dapo bash examples/scripts/cispo_smollm2_arith.sh            # the same run with DAPO's clipped loss
 #   STEPS=40 LR=2e-5 SEED=1 bash examples/scripts/cispo_smollm2_arith.sh   # other settings (a flag given twice is an error)
 #   SMOKE=1 bash examples/scripts/cispo_smollm2_arith.sh              # a few steps on the embedded demo model
+#
+# The settings below are a first guess, not yet tuned: no accuracy curve has been measured with them (issue 16, item 2).
 set -euo pipefail
 source "$(dirname "$0")/_common.sh"  # repository root, $SWIFT, the demo for SMOKE=1
 PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
