@@ -20,8 +20,8 @@ SMOLLM2 = ModelShape(  # SmolLM2-135M-Instruct in float32 (scripts/get_real_mode
 
 
 def measured_peak(config, batch: int, sequence: int, checkpointing: bool) -> int:
-    """Peak bytes of tensors (weights, gradients, AdamW states, activations, temporaries) over two of TRL's training
-    forward/backward/optimizer steps: TRL's fused LM head, half the tokens scored, as in a GRPO micro-batch."""
+    """Peak bytes of tensors (weights, gradients, AdamW states, activations, temporaries) over a second training step
+    (forward, backward, optimizer) through TRL's fused LM head, half the tokens scored, as in a GRPO micro-batch."""
     from torch.distributed._tools.mem_tracker import MemTracker
     from transformers import LlamaForCausalLM
     from trl.trainer.utils import add_fused_lm_head
@@ -35,16 +35,18 @@ def measured_peak(config, batch: int, sequence: int, checkpointing: bool) -> int
     ids = torch.randint(0, config.vocab_size, (batch, sequence))
     labels = ids.clone()
     labels[:, : sequence // 2] = -100
+
+    def step():
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, fused_lm_head=True)
+        (-(out.log_probs.sum()) + 0 * out.entropy.sum()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    step()  # untracked (tracking is slow): it creates AdamW's states, which the tracked step then holds
     tracker = MemTracker()
     tracker.track_external(model, optimizer)
     with tracker:
-        for step in range(2):  # the second step holds AdamW's states
-            if step:
-                tracker.reset_mod_stats()  # per-module stats (the peak stays)
-            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, fused_lm_head=True)
-            (-(out.log_probs.sum()) + 0 * out.entropy.sum()).backward()
-            optimizer.step()
-            optimizer.zero_grad()
+        step()
     return tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
 
 
