@@ -206,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     except ScriptError as err:
         say(f"error: {err}")
         return 1
+    except KeyboardInterrupt:
+        say(f"interrupted; {folder} was not written")
+        return 130
     except OSError as err:  # a read-only cache, a full disk
         say(f"error: {err.strerror or err} ({err.filename or folder})")
         return 1
