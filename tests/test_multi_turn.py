@@ -321,3 +321,19 @@ def test_an_openenv_scheduler_is_refused_before_the_model_loads(tmp_path):
     with pytest.raises(UserError, match="^multi-turn scheduler test_sudoku is an OpenEnvScheduler, whose environments are OpenEnv servers"):
         GRPOTrainer(model="/nonexistent/model", reward_funcs=lambda completions, **k: [0.0] * len(completions), args=config,
                     train_dataset=Dataset.from_list(ROWS))  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_processes_run_their_own_trajectories(tmp_path):
+    """Each torchrun process drives its own rows' trajectories (different turn counts per process) with
+    transformers' generate; the step's collectives still line up."""
+    from helpers import read_metrics, swift
+
+    out = tmp_path / "out"
+    result = swift("rlhf", "--multi_turn_scheduler", "math_tip_trick", "--max_turns", "2", "--max_steps", "1",
+                   "--max_completion_length", "48", "--per_device_train_batch_size", "8", "--steps_per_generation", "1",
+                   "--output_dir", out, cwd=tmp_path, NPROC_PER_NODE="2")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (metrics,) = [m for m in read_metrics(out) if "multi_turn/turns" in m]
+    assert 1.0 < metrics["multi_turn/turns"] <= 2.0
