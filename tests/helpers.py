@@ -13,6 +13,9 @@ from pathlib import Path
 from swift_cispo.distributed.launch import free_port  # noqa: F401  (re-exported: one free-port helper)
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))  # the tools in scripts/ that tests use too (flag_lists, msswift_examples)
+
+from flag_lists import override_flags, without_flags  # noqa: E402,F401  (re-exported: one way to change a flag list)
 
 FAST = [
     "--max_steps", "2",

@@ -18,24 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from helpers import FAST, REPO, assert_clean_error, read_metrics, swift
+from helpers import FAST, REPO, assert_clean_error, override_flags, read_metrics, swift
 
 DEMO_MODEL = REPO / "swift_cispo" / "demo" / "model"
 # The demo's steps_per_generation is 2: checkpoint-1 falls inside a rollout window, so the resumed step 2
 # must train on the second half of the rollout each process saved with the checkpoint.
-def _overridden(base: list[str], flags: list[str]) -> list[str]:
-    """``base`` without the flags (and their values) that ``flags`` sets: a flag given twice is an error."""
-    given = {token for token in flags if token.startswith("--")}
-    out, skipping = [], False
-    for token in base:
-        if token.startswith("--"):
-            skipping = token in given
-        if not skipping:
-            out.append(token)
-    return out + flags
-
-
-RUN = _overridden(FAST, ["--save_steps", "1", "--seed", "7", "--warmup_steps", "0", "--learning_rate", "1e-2"])
+RUN = override_flags(FAST, ["--save_steps", "1", "--seed", "7", "--warmup_steps", "0", "--learning_rate", "1e-2"])
 SAME = 1e-6  # max |difference| between resumed and uninterrupted weights (float32 rounding)
 MOVED = 1e-4  # a step moves some weight by more than this: the comparison can fail
 
@@ -43,7 +31,7 @@ MOVED = 1e-4  # a step moves some weight by more than this: the comparison can f
 def _train_then_resume(tmp_path: Path, flags: list[str], **env: str) -> tuple[Path, Path, subprocess.CompletedProcess]:
     """An uninterrupted 2-step run and a run resumed from a copy of its step-1 checkpoint."""
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    run = _overridden(RUN, flags)
+    run = override_flags(RUN, flags)
     first = swift("rlhf", *run, "--output_dir", full, cwd=tmp_path, timeout=600, **env)
     assert first.returncode == 0, first.stderr[-4000:]
     assert (full / "checkpoint-1" / "trainer_state.json").is_file() and (full / "checkpoint-2").is_dir()

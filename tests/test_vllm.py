@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, assert_clean_error, free_port, read_metrics, swift
+from helpers import REPO, assert_clean_error, free_port, override_flags, read_metrics, swift
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]  # every test starts an engine or the CLI
 
@@ -39,14 +39,6 @@ AGGRESSIVE = [
     "--max_steps", "4", "--logging_steps", "1", "--steps_per_generation", "1",
     "--per_device_train_batch_size", "32",
 ]  # fmt: skip
-
-
-def aggressive(**overrides) -> list[str]:
-    """AGGRESSIVE with some values replaced (a flag given twice is an error)."""
-    flags = list(AGGRESSIVE)
-    for name, value in overrides.items():
-        flags[flags.index(f"--{name}") + 1] = str(value)
-    return flags
 
 
 SKIP_SYNC_PLUGIN = """\
@@ -209,7 +201,7 @@ def test_server_without_weight_push_drifts(server, tmp_path):
 def test_async_lag1_rollouts_are_one_step_old_and_corrected(server, tmp_path):
     out = tmp_path / "async"
     result = swift(
-        "rlhf", *_server_flags(server), "--async_generate", "true", *aggressive(max_steps=5),
+        "rlhf", *_server_flags(server), "--async_generate", "true", *override_flags(AGGRESSIVE, ["--max_steps", "5"]),
         "--output_dir", out, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -355,7 +347,7 @@ def test_colocate_under_zero3_with_two_processes_syncs_the_gathered_weights(tmp_
     out = tmp_path / "colocate_zero3"
     result = swift(
         "rlhf", "--use_vllm", "true", "--vllm_mode", "colocate", "--deepspeed", "zero3",
-        *aggressive(per_device_train_batch_size=16, max_steps=3), "--output_dir", out, cwd=tmp_path, timeout=600, NPROC_PER_NODE="2",
+        *override_flags(AGGRESSIVE, ["--per_device_train_batch_size", "16", "--max_steps", "3"]), "--output_dir", out, cwd=tmp_path, timeout=600, NPROC_PER_NODE="2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "starting 2 processes" in result.stderr
