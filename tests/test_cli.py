@@ -264,7 +264,7 @@ def test_a_refused_run_prints_one_sentence_and_no_traceback(tmp_path, tiny_model
 
 
 @pytest.mark.slow
-def test_bad_reward_output_is_reported_with_the_function_name(tmp_path, tiny_model_dir, data_file):
+def test_bad_reward_output_is_reported_with_the_function_name(swift_here, tmp_path, tiny_model_dir, data_file):
     plugin = tmp_path / "bad_reward.py"
     plugin.write_text(
         "from swift_cispo.rewards import ORM, orms\n"
@@ -273,9 +273,9 @@ def test_bad_reward_output_is_reported_with_the_function_name(tmp_path, tiny_mod
         "        return ['good'] * len(completions)\n"
         "orms['wordy'] = Wordy\n"
     )
-    result = swift(
+    result = swift_here(
         "rlhf", "--model", tiny_model_dir, "--dataset", data_file, "--external_plugins", plugin,
-        "--reward_funcs", "wordy", "--output_dir", tmp_path / "o", *FAST, cwd=tmp_path,
+        "--reward_funcs", "wordy", "--output_dir", tmp_path / "o", *FAST,
     )  # fmt: skip
     assert_clean_error(result, "reward function 'wordy' returned str 'good' for completion 0")
 

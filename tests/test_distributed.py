@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from helpers import FAST, REPO, assert_clean_error, override_flags, read_metrics, swift
+from helpers import FAST, LAUNCH_VARIABLES, REPO, assert_clean_error, override_flags, read_metrics, swift, swift_in_process
 
 DEMO_MODEL = REPO / "swift_cispo" / "demo" / "model"
 # The demo's steps_per_generation is 2: checkpoint-1 falls inside a rollout window, so the resumed step 2
@@ -206,7 +206,6 @@ def test_lora_options():
         assert str(caught.value) == message
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "flags,env,fragments",
     [
@@ -216,9 +215,15 @@ def test_lora_options():
         (["--epsilon_high", "-1"], {"NPROC_PER_NODE": "2"}, ["epsilon_high must be > 0"]),
     ],
 )
-def test_scale_out_mistakes_are_one_sentence(tmp_path, flags, env, fragments):
+def test_scale_out_mistakes_are_one_sentence(tmp_path, monkeypatch, capsys, flags, env, fragments):
+    """In this process (``main``, as a user's command runs it): refused before any worker could start."""
+    monkeypatch.chdir(tmp_path)
+    for name in LAUNCH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     out = tmp_path / "out"
-    result = swift("rlhf", *flags, "--output_dir", out, cwd=tmp_path, **env)
+    result = swift_in_process("rlhf", *flags, "--output_dir", out, capsys=capsys)
     assert_clean_error(result, *fragments)
     assert "starting" not in result.stderr, "workers were started for a command that cannot run"
     assert not out.exists() or not any(out.iterdir())

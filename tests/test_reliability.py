@@ -30,7 +30,7 @@ from swift_cispo.records import COMPLETIONS_FILE, MetricsFileCallback, truncate_
 from swift_cispo.checkpoints import incomplete_reason, resolve_resume, safetensors_problem
 from swift_cispo.errors import NonFiniteError, UserError
 from swift_cispo.trainers.run_checks import non_finite_problem
-from helpers import REPO, assert_clean_error, read_metrics, swift
+from helpers import REPO, assert_clean_error, read_metrics, swift, swift_in_process
 
 # The embedded demo (its own model and data, steps_per_generation 2), made small and seeded.
 DEMO_FAST = [
@@ -164,9 +164,9 @@ def test_latest_skips_half_written_checkpoints(runs):
     assert _max_abs_diff(_weights(out), _weights(runs["full"])) == 0.0
 
 
-@pytest.mark.slow
-def test_resume_from_a_missing_checkpoint_is_one_sentence(tmp_path):
-    result = swift("rlhf", "--output_dir", tmp_path / "o", "--resume_from_checkpoint", tmp_path / "o" / "checkpoint-3", cwd=tmp_path)
+def test_resume_from_a_missing_checkpoint_is_one_sentence(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    result = swift_in_process("rlhf", "--output_dir", tmp_path / "o", "--resume_from_checkpoint", tmp_path / "o" / "checkpoint-3", capsys=capsys)
     assert_clean_error(result, f"cannot resume from {tmp_path / 'o' / 'checkpoint-3'}: it does not exist")
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, assert_clean_error, free_port, override_flags, read_metrics, swift
+from helpers import REPO, assert_clean_error, free_port, override_flags, read_metrics, swift, swift_in_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]  # every test starts an engine or the CLI
 
@@ -285,6 +285,14 @@ def test_server_dying_mid_run_stops_training_and_keeps_the_checkpoint(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- flags
+# Refused before anything starts: through `swift_cispo.cli.main.main` in this process (vLLM is imported here
+# already). test_real_server_needs_its_key... and tests/test_cli.py check the process a user sees.
+@pytest.fixture
+def swift_here(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    return lambda *args: swift_in_process(*args, capsys=capsys)
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
@@ -294,8 +302,8 @@ def test_server_dying_mid_run_stops_training_and_keeps_the_checkpoint(tmp_path):
         (["--use_vllm", "true", "--vllm_mode", "remote"], "invalid choice: 'remote'"),
     ],
 )
-def test_vllm_flag_errors(tmp_path, flags, message):
-    assert_clean_error(swift("rlhf", *flags, "--output_dir", tmp_path / "o", cwd=tmp_path), message)
+def test_vllm_flag_errors(swift_here, tmp_path, flags, message):
+    assert_clean_error(swift_here("rlhf", *flags, "--output_dir", tmp_path / "o"), message)
 
 
 @pytest.mark.parametrize(
@@ -305,22 +313,22 @@ def test_vllm_flag_errors(tmp_path, flags, message):
         (["--offload_model", "true"], "ms-swift flag --offload_model: no effect here: this run has no GPU"),
     ],
 )
-def test_gpu_memory_flags_on_a_cpu_run_are_logged_not_ignored(tmp_path, flags, note):
+def test_gpu_memory_flags_on_a_cpu_run_are_logged_not_ignored(swift_here, tmp_path, flags, note):
     """ms-swift scripts set these for GPUs; on a CPU run there is no GPU memory to free: said in the log, not silent."""
-    result = swift("rlhf", "--use_vllm", "true", *flags, "--reward_funcs", "no_such_reward", "--output_dir", tmp_path / "o", cwd=tmp_path)
+    result = swift_here("rlhf", "--use_vllm", "true", *flags, "--reward_funcs", "no_such_reward", "--output_dir", tmp_path / "o")
     assert_clean_error(result, "unknown reward function 'no_such_reward'")  # stops right after the flags are read
     assert note in result.stderr
     assert not (tmp_path / "o").exists()
 
 
-def test_rollout_command_errors(tmp_path):
-    assert_clean_error(swift("rollout", cwd=tmp_path), "--model is required")
-    assert_clean_error(swift("rollout", "--model", tmp_path / "missing", cwd=tmp_path), "does not exist")
+def test_rollout_command_errors(swift_here, tmp_path):
+    assert_clean_error(swift_here("rollout"), "--model is required")
+    assert_clean_error(swift_here("rollout", "--model", tmp_path / "missing"), "does not exist")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert_clean_error(swift("rollout", "--model", DEMO_MODEL, "--port", port, cwd=tmp_path), f"port {port} on 127.0.0.1 is already in use")
+        assert_clean_error(swift_here("rollout", "--model", DEMO_MODEL, "--port", port), f"port {port} on 127.0.0.1 is already in use")
 
 
 def test_vllm_max_model_len_alias(tmp_path):
