@@ -156,14 +156,32 @@ def _run_server_example(script: str, out: Path) -> subprocess.CompletedProcess:
     return result
 
 
+GAP = "sampling/sampling_logp_difference/mean"  # TRL's sampler-vs-trainer log-prob gap of fresh completions
+
+
 def _assert_fresh_rollouts(metrics: list[dict]) -> None:
     """Every logged rollout was sampled with the weights of the step that used it (policy lag 0)."""
     lags = [m["rollout/policy_lag"] for m in metrics if "rollout/policy_lag" in m]
     assert lags and all(lag == 0.0 for lag in lags), lags
 
 
+def _assert_synced_after_large_updates(metrics: list[dict]) -> None:
+    """After every step at the smoke mode's learning rate (5e-2), the sampler's log-probs match the trainer's.
+
+    The two vLLM sync tests: tests/test_vllm.py's negative controls (the weight push skipped) show that the
+    same updates leave a stale engine > 1e-2 off after the first step.
+    """
+    gaps = [m[GAP] for m in metrics if GAP in m]
+    assert len(gaps) == 3 and max(gaps) < 1e-3, gaps
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    assert len(set(losses)) > 1  # the weights really moved between rollouts
+    # one rollout correction, one set of metrics: ours (applied), never TRL's ratio (not applied)
+    assert [m["rollout_is/weight_max"] <= 2.0 for m in metrics if GAP in m] == [True] * 3
+    assert not [k for m in metrics for k in m if k.startswith("sampling/importance_sampling_ratio")]
+
+
 @pytest.mark.vllm
-def test_vllm_colocate_example_smoke(tmp_path):
+def test_vllm_colocate_example_smoke_keeps_the_engine_in_sync(tmp_path):
     _require_vllm()
     out = tmp_path / "colocate_run"
     result = _run_example("cispo_vllm_colocate.sh", out, free_ports(1)[0])
@@ -171,17 +189,20 @@ def test_vllm_colocate_example_smoke(tmp_path):
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3]
     _assert_fresh_rollouts(metrics)
+    _assert_synced_after_large_updates(metrics)
 
 
 @pytest.mark.vllm
-def test_vllm_server_example_smoke_and_server_stopped(tmp_path):
+def test_vllm_server_example_smoke_syncs_over_gloo_and_stops_the_server(tmp_path):
     _require_vllm()
     out = tmp_path / "server_run"
     result = _run_server_example("cispo_vllm_server.sh", out)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "weights reach the rollout server over gloo" in result.stderr  # --vllm_weight_transport auto on a CPU
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3]
     _assert_fresh_rollouts(metrics)
+    _assert_synced_after_large_updates(metrics)
 
 
 @pytest.mark.vllm
