@@ -81,11 +81,33 @@ class RolloutServer:
             self.proc.wait(30)
 
 
+class SharedServer:
+    """One `swift rollout` for the module's server tests (an engine start is the costly part), started again
+    only if a test stopped it (the server-dying test does, as the last of them)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.current = folder, None
+
+    def get(self) -> RolloutServer:
+        if self.current is None or self.current.proc.poll() is not None:
+            self.current = RolloutServer(self.folder, free_port())
+        return self.current
+
+    def stop(self) -> None:
+        if self.current is not None:
+            self.current.stop()
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = RolloutServer(tmp_path_factory.mktemp("rollout"), free_port())
-    yield srv
-    srv.stop()
+def _shared_server(tmp_path_factory):
+    shared = SharedServer(tmp_path_factory.mktemp("rollout"))
+    yield shared
+    shared.stop()
+
+
+@pytest.fixture
+def server(_shared_server) -> RolloutServer:
+    return _shared_server.get()
 
 
 def _server_flags(srv: RolloutServer) -> list[str]:
@@ -239,8 +261,8 @@ def test_server_not_up_is_waited_for_then_named(tmp_path):
     assert not (tmp_path / "never").exists()  # nothing left behind
 
 
-def test_server_dying_mid_run_stops_training_and_keeps_the_checkpoint(tmp_path):
-    srv = RolloutServer(tmp_path, free_port())
+def test_server_dying_mid_run_stops_training_and_keeps_the_checkpoint(server, tmp_path):
+    srv = server  # the module's server: this test stops it, so it runs after the others that use it
     out = tmp_path / "dies"
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     train = subprocess.Popen(
