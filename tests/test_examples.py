@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, free_ports, read_metrics
+from helpers import REPO, assert_resumed_equal, free_ports, read_metrics
 
 pytestmark = pytest.mark.slow  # each test runs an example script
 
@@ -46,11 +47,12 @@ def test_custom_reward_example_smoke(tmp_path):
     assert logged and all("rewards/answer_match/mean" in m for m in logged)
 
 
-def _smoke(script: str, out: Path, **env: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
-    """Run an example script with SMOKE=1 into ``out``; its result and logged metrics."""
+def _smoke(script: str, out: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """Run an example script with SMOKE=1 into ``out`` (``args`` added to its command); its result and logged metrics."""
     result = subprocess.run(
-        ["bash", str(REPO / "examples/scripts" / script)], env=_example_env(out, **env), capture_output=True, text=True, timeout=600
-    )
+        ["bash", str(REPO / "examples/scripts" / script), *map(str, args)], env=_example_env(out, **env), capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return result, read_metrics(out)
 
@@ -102,12 +104,30 @@ def test_multi_gpu_example_smoke_lora_under_zero2_two_processes(tmp_path):
 
 
 @pytest.mark.distributed
-def test_multi_node_example_smoke_two_launchers_one_run(tmp_path):
-    out = tmp_path / "multi_node_run"
-    result, metrics = _smoke("cispo_multi_node.sh", out, MASTER_PORT=str(free_ports(1)[0]))
+def test_multi_node_example_smoke_two_launchers_one_zero3_run_that_resumes_exactly(tmp_path):
+    """Two launchers of one process each (ZeRO-3, world 2), saving every step; then the same two launchers
+    resume step 2 from a copy of checkpoint-1 and must reach the same weights (tests/test_distributed.py's
+    resume check, here for ZeRO-3 launched as two nodes)."""
+    out, resumed = tmp_path / "multi_node_run", tmp_path / "resumed"
+    keep = ["--save_steps", "1", "--seed", "7", "--warmup_steps", "0"]
+    result, metrics = _smoke("cispo_multi_node.sh", out, *keep, MASTER_PORT=str(free_ports(1)[0]))
     assert "NODE_RANK 0 of NNODES 2, 2 in all" in result.stderr and "NODE_RANK 1 of NNODES 2, 2 in all" in result.stderr
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2]  # one run: only global rank 0 logs
-    assert (out / "model.safetensors").is_file()
+    assert result.stderr.count("training Qwen2ForCausalLM") == 1, "only global rank 0 should narrate"
+    # DeepSpeed's own sharded state is in the checkpoint (what resume loads), one optimizer shard per process
+    shards = sorted(p.name for p in (out / "checkpoint-1" / "global_step1").iterdir() if "optim_states" in p.name)
+    assert len(shards) == 2, shards
+    # the saved model is whole (ZeRO-3 gathers it on save) and loads with transformers
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    reference = AutoModelForCausalLM.from_pretrained(REPO / "swift_cispo" / "demo" / "model")
+    assert model.model.embed_tokens.weight.shape == reference.model.embed_tokens.weight.shape
+
+    resumed.mkdir()
+    shutil.copytree(out / "checkpoint-1", resumed / "checkpoint-1")
+    _smoke("cispo_multi_node.sh", resumed, *keep, "--resume_from_checkpoint", resumed / "checkpoint-1", MASTER_PORT=str(free_ports(1)[0]))
+    assert_resumed_equal(out, resumed, "model.safetensors")
 
 
 # ------------------------------------------------------------------------------------- vLLM examples
