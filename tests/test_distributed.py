@@ -245,7 +245,7 @@ def test_export_mistakes(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_the_launcher_checks_the_config_for_the_world_it_starts(tmp_path, tiny_model_dir, data_file):
+def test_the_launcher_checks_the_config_for_the_world_it_starts(tmp_path, monkeypatch, capsys, tiny_model_dir, data_file):
     """4 rows x 1 step per process, 8 generations: one process could not form a group, two can. The launcher
     must check the config its 2 workers build (ms-swift's grpo_7b.sh was refused for this), and train."""
     result = swift(
@@ -256,10 +256,13 @@ def test_the_launcher_checks_the_config_for_the_world_it_starts(tmp_path, tiny_m
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out" / "model.safetensors").is_file()
-    single = swift(
+    monkeypatch.chdir(tmp_path)
+    for name in LAUNCH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    single = swift_in_process(  # one process, refused before anything loads: in this process
         "rlhf", "--model", tiny_model_dir, "--dataset", data_file, "--reward_funcs", "exact_match",
         "--per_device_train_batch_size", "4", "--num_generations", "8", "--steps_per_generation", "1",
-        "--output_dir", tmp_path / "single", cwd=tmp_path,
+        "--output_dir", tmp_path / "single", capsys=capsys,
     )  # fmt: skip
     assert_clean_error(single, "generation_batch_size (4) must be divisible by num_generations (8)")
 
