@@ -13,27 +13,8 @@ import pytest
 from helpers import FAST, LAUNCH_VARIABLES, REPO, assert_clean_error, read_metrics, swift, swift_in_process
 
 # --------------------------------------------------------------------------- training runs
-@pytest.mark.slow
-def test_plugin_reward_trains_and_writes_metrics_and_curves(tmp_path, tiny_model_dir, data_file, plugin_file):
-    out = tmp_path / "run"
-    result = swift(
-        "rlhf", "--rlhf_type", "grpo", "--model", tiny_model_dir, "--dataset", f"{data_file}#24",
-        "--external_plugins", plugin_file, "--reward_funcs", "short_answer", "exact_match",
-        "--reward_weights", "1.0", "0.5", "--loss_type", "cispo", "--epsilon_high", "5.0",
-        "--output_dir", out, *FAST, cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = read_metrics(out)
-    steps = [m for m in metrics if "loss" in m]
-    assert [m["step"] for m in steps] == [1, 2]
-    assert all("rewards/short_answer/mean" in m and "rewards/exact_match/mean" in m for m in steps)
-    assert all("cispo_clip_ratio" in m for m in steps)
-    png = out / "training_curves.png"
-    assert png.stat().st_size > 5000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
-    assert "loss_type=cispo (epsilon_high=5: importance weight clipped to [no floor, 5], cap convention)" in result.stderr
-
-
+# A plugin reward with the CISPO loss, its metrics, curves and saved model: examples/scripts/cispo_custom_reward.sh
+# (tests/test_examples.py); two weighted reward functions: cispo_math_accuracy_format.sh.
 @pytest.mark.slow
 def test_yaml_config_with_command_line_override_and_a_prompt_longer_than_the_context(tmp_path, tiny_model_dir, data_file):
     """One run for two things. The config file's values are used, the command line's override them. And a

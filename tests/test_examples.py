@@ -40,11 +40,18 @@ def _example_env(out: Path, **extra: str) -> dict:
     }
 
 
-def test_custom_reward_example_smoke(tmp_path):
-    _, metrics = _smoke("cispo_custom_reward.sh", tmp_path / "example_run")
-    assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
+def test_custom_reward_example_smoke_trains_and_writes_metrics_curves_and_model(tmp_path):
+    out = tmp_path / "example_run"
+    result, metrics = _smoke("cispo_custom_reward.sh", out)
+    steps = [m for m in metrics if "loss" in m]
+    assert [m["step"] for m in steps] == [1, 2]
     logged = [m for m in metrics if "reward" in m]
-    assert logged and all("rewards/answer_match/mean" in m for m in logged)
+    assert logged and all("rewards/answer_match/mean" in m for m in logged)  # the plugin's reward, fed the answer column
+    assert all("cispo_clip_ratio" in m for m in steps)
+    assert "loss_type=cispo (epsilon_high=5: importance weight clipped to [no floor, 5], cap convention)" in result.stderr
+    png = out / "training_curves.png"
+    assert png.stat().st_size > 5000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
 
 
 def _smoke(script: str, out: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
