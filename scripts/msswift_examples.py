@@ -30,6 +30,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from flag_lists import override_flags, without_flags
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "ms_swift_examples"
 #: ms-swift's example plugin files (examples/train/grpo/plugin/ there), where they are vendored.
@@ -66,17 +68,6 @@ def swap_model_and_dataset(argv: list[str], model: str, dataset: str) -> list[st
             continue
         out.append(token)
         index += 1
-    return out
-
-
-def drop_flags(argv: list[str], names: list[str]) -> list[str]:
-    """Remove ``--NAME value...`` for each name (to check the rest of a command refused only for hardware)."""
-    out, skipping = [], False
-    for token in argv:
-        if token.startswith("--"):
-            skipping = token[2:] in names
-        if not skipping:
-            out.append(token)
     return out
 
 
@@ -245,7 +236,7 @@ def main() -> int:
 
 def run_all(plan, args, work: Path, model: str, datasets: dict[str, Path], counts: dict) -> dict:
     for script, number, argv in plan:
-        argv = drop_flags(swap_model_and_dataset(argv, model, str(dataset_for(argv, datasets))), args.without)
+        argv = without_flags(swap_model_and_dataset(argv, model, str(dataset_for(argv, datasets))), args.without)
         out = work / f"out-{script.stem}-{number}"
         blank = placeholder(argv)
         written = script_nproc(script)
@@ -256,8 +247,8 @@ def run_all(plan, args, work: Path, model: str, datasets: dict[str, Path], count
             outcome, detail = "placeholder", f"the script leaves {blank} to fill in (ms-swift cannot run it as written either)"
         else:
             # the small-run flags replace the script's own (a flag given twice is an error)
-            small = drop_flags(argv, [t[2:] for t in SMALL_RUN if t.startswith("--")] + ["output_dir"])
-            outcome, detail = run_one([*small, *SMALL_RUN, "--output_dir", str(out)], work, args.timeout, processes, log)
+            small = override_flags(argv, [*SMALL_RUN, "--output_dir", str(out)])
+            outcome, detail = run_one(small, work, args.timeout, processes, log)
         counts[outcome] += 1
         print(f"{outcome:8} {script.name}#{number + 1}  {detail}", flush=True)
     return counts

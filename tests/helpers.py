@@ -13,6 +13,9 @@ from pathlib import Path
 from swift_cispo.distributed.launch import free_port  # noqa: F401  (re-exported: one free-port helper)
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))  # the tools in scripts/ that tests use too (flag_lists, msswift_examples)
+
+from flag_lists import override_flags, without_flags  # noqa: E402,F401  (re-exported: one way to change a flag list)
 
 FAST = [
     "--max_steps", "2",
@@ -75,6 +78,34 @@ def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> 
     for fragment in fragments:
         assert fragment in error_lines[0], error_lines[0]
     return error_lines[0]
+
+
+# Resume checks: an uninterrupted 2-step run against a run resumed from a copy of its checkpoint-1.
+SAME = 1e-6  # max |difference| between resumed and uninterrupted weights (float32 rounding)
+MOVED = 1e-4  # a step moves some weight by more than this: the comparison can fail
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def step_losses(output_dir: Path) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in read_metrics(output_dir) if "loss" in m}
+
+
+def assert_resumed_equal(full: Path, resumed: Path, weights_file: str) -> None:
+    """Step 2 resumed from ``full``'s checkpoint-1 into ``resumed`` gives ``full``'s step-2 weights and loss."""
+    import pytest
+    from safetensors.torch import load_file
+
+    final, again = load_file(full / weights_file), load_file(resumed / weights_file)
+    step1 = load_file(full / "checkpoint-1" / weights_file)
+    assert max_difference(final, step1) > MOVED, "step 2 did not change the weights: the check below could not fail"
+    difference = max_difference(final, again)
+    assert difference < SAME, f"resumed step 2 differs from the uninterrupted one by {difference:.3e}"
+    assert step_losses(resumed)[2] == pytest.approx(step_losses(full)[2], rel=1e-5)
+    assert 1 not in step_losses(resumed), "the resumed run trained step 1 again"
 
 
 def free_ports(count: int) -> list[int]:

@@ -13,33 +13,19 @@ import pytest
 from helpers import FAST, LAUNCH_VARIABLES, REPO, assert_clean_error, read_metrics, swift, swift_in_process
 
 # --------------------------------------------------------------------------- training runs
+# A plugin reward with the CISPO loss, its metrics, curves and saved model: examples/scripts/cispo_custom_reward.sh
+# (tests/test_examples.py); two weighted reward functions: cispo_math_accuracy_format.sh.
 @pytest.mark.slow
-def test_plugin_reward_trains_and_writes_metrics_and_curves(tmp_path, tiny_model_dir, data_file, plugin_file):
-    out = tmp_path / "run"
-    result = swift(
-        "rlhf", "--rlhf_type", "grpo", "--model", tiny_model_dir, "--dataset", f"{data_file}#24",
-        "--external_plugins", plugin_file, "--reward_funcs", "short_answer", "exact_match",
-        "--reward_weights", "1.0", "0.5", "--loss_type", "cispo", "--epsilon_high", "5.0",
-        "--output_dir", out, *FAST, cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = read_metrics(out)
-    steps = [m for m in metrics if "loss" in m]
-    assert [m["step"] for m in steps] == [1, 2]
-    assert all("rewards/short_answer/mean" in m and "rewards/exact_match/mean" in m for m in steps)
-    assert all("cispo_clip_ratio" in m for m in steps)
-    png = out / "training_curves.png"
-    assert png.stat().st_size > 5000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
-    assert "loss_type=cispo (epsilon_high=5: importance weight clipped to [no floor, 5], cap convention)" in result.stderr
-
-
-@pytest.mark.slow
-def test_yaml_config_with_command_line_override(tmp_path, tiny_model_dir, data_file):
+def test_yaml_config_with_command_line_override_and_a_prompt_longer_than_the_context(tmp_path, tiny_model_dir, data_file):
+    """One run for two things. The config file's values are used, the command line's override them. And a
+    50,000-character prompt with a 64-position model: without --max_length the model's context minus the
+    completion length is the limit, so the run trains (the prompt left-truncated, the count logged)."""
+    data = tmp_path / "long.jsonl"
+    data.write_text(json.dumps({"prompt": "1+1=" * 12500, "answer": "2"}) + "\n" + data_file.read_text())
     config = tmp_path / "cispo.yaml"
     config.write_text(
         f"model: {tiny_model_dir}\n"
-        f"dataset: [{data_file}]\n"
+        f"dataset: [{data}]\n"
         "reward_funcs: [exact_match]\n"
         "loss_type: cispo\n"
         "epsilon_high: 4.0\n"
@@ -55,11 +41,14 @@ def test_yaml_config_with_command_line_override(tmp_path, tiny_model_dir, data_f
     assert result.returncode == 0, result.stderr[-3000:]
     assert [m["step"] for m in read_metrics(out) if "loss" in m] == [1, 2]  # the command line won
     assert "epsilon_high=4:" in result.stderr  # the file's value was used
+    assert "left-truncated 1 prompts longer than the model's context (64) minus --max_completion_length (4), 60 tokens" in result.stderr
 
-    out2 = tmp_path / "config_flag_run"
-    result = swift("rlhf", "--config", config, "--output_dir", out2, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert [m["step"] for m in read_metrics(out2) if "loss" in m] == [1, 2, 3]
+    # the same file given as --config: its values, with no command-line override (parsed only; the run above trained)
+    from swift_cispo.cli.rlhf import parse
+
+    model_args, data_args, rlhf_args, train_args, demo = parse(["--config", str(config), "--output_dir", str(tmp_path / "config_flag_run")])
+    assert (train_args.max_steps, train_args.epsilon_high, model_args.model, demo) == (3, 4.0, str(tiny_model_dir), False)
+    assert data_args.dataset == [str(data)] and rlhf_args.reward_funcs == ["exact_match"]
 
 
 @pytest.mark.slow
@@ -264,7 +253,7 @@ def test_a_refused_run_prints_one_sentence_and_no_traceback(tmp_path, tiny_model
 
 
 @pytest.mark.slow
-def test_bad_reward_output_is_reported_with_the_function_name(tmp_path, tiny_model_dir, data_file):
+def test_bad_reward_output_is_reported_with_the_function_name(swift_here, tmp_path, tiny_model_dir, data_file):
     plugin = tmp_path / "bad_reward.py"
     plugin.write_text(
         "from swift_cispo.rewards import ORM, orms\n"
@@ -273,9 +262,9 @@ def test_bad_reward_output_is_reported_with_the_function_name(tmp_path, tiny_mod
         "        return ['good'] * len(completions)\n"
         "orms['wordy'] = Wordy\n"
     )
-    result = swift(
+    result = swift_here(
         "rlhf", "--model", tiny_model_dir, "--dataset", data_file, "--external_plugins", plugin,
-        "--reward_funcs", "wordy", "--output_dir", tmp_path / "o", *FAST, cwd=tmp_path,
+        "--reward_funcs", "wordy", "--output_dir", tmp_path / "o", *FAST,
     )  # fmt: skip
     assert_clean_error(result, "reward function 'wordy' returned str 'good' for completion 0")
 
@@ -309,19 +298,6 @@ def test_wrong_flag_help_and_unknown_subcommand_import_neither_trl_nor_vllm(tmp_
         "no_such_subcommand 2 []",
         "False False False False",
     ], result.stdout
-
-
-@pytest.mark.slow
-def test_a_prompt_longer_than_the_context_is_truncated_not_ground_on(tmp_path, tiny_model_dir):
-    """A 50,000-character prompt and a 64-position model: without --max_length the model's context minus the
-    completion length is the limit, so the run trains (the prompt left-truncated, the count logged)."""
-    data = tmp_path / "long.jsonl"
-    rows = [{"prompt": "1+1=" * 12500, "answer": "2"}] + [{"prompt": f"{a}+{a}=", "answer": str(2 * a)} for a in range(7)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = swift("rlhf", "--model", tiny_model_dir, "--dataset", data, "--reward_funcs", "exact_match", *FAST,
-                   "--output_dir", tmp_path / "o", cwd=tmp_path, timeout=300)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "left-truncated 1 prompts longer than the model's context (64) minus --max_completion_length (4), 60 tokens" in result.stderr
 
 
 def test_an_empty_dataset_and_a_list_for_a_number_are_named(swift_here, tmp_path, tiny_model_dir, data_file):

@@ -17,33 +17,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from helpers import FAST, REPO, assert_clean_error, read_metrics, swift
+
+from helpers import (
+    FAST, LAUNCH_VARIABLES, REPO, assert_clean_error, assert_resumed_equal, override_flags, read_metrics, swift, swift_in_process,
+)
 
 DEMO_MODEL = REPO / "swift_cispo" / "demo" / "model"
 # The demo's steps_per_generation is 2: checkpoint-1 falls inside a rollout window, so the resumed step 2
 # must train on the second half of the rollout each process saved with the checkpoint.
-def _overridden(base: list[str], flags: list[str]) -> list[str]:
-    """``base`` without the flags (and their values) that ``flags`` sets: a flag given twice is an error."""
-    given = {token for token in flags if token.startswith("--")}
-    out, skipping = [], False
-    for token in base:
-        if token.startswith("--"):
-            skipping = token in given
-        if not skipping:
-            out.append(token)
-    return out + flags
-
-
-RUN = _overridden(FAST, ["--save_steps", "1", "--seed", "7", "--warmup_steps", "0", "--learning_rate", "1e-2"])
-SAME = 1e-6  # max |difference| between resumed and uninterrupted weights (float32 rounding)
-MOVED = 1e-4  # a step moves some weight by more than this: the comparison can fail
+RUN = override_flags(FAST, ["--save_steps", "1", "--seed", "7", "--warmup_steps", "0", "--learning_rate", "1e-2"])
 
 
 def _train_then_resume(tmp_path: Path, flags: list[str], **env: str) -> tuple[Path, Path, subprocess.CompletedProcess]:
     """An uninterrupted 2-step run and a run resumed from a copy of its step-1 checkpoint."""
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    run = _overridden(RUN, flags)
+    run = override_flags(RUN, flags)
     first = swift("rlhf", *run, "--output_dir", full, cwd=tmp_path, timeout=600, **env)
     assert first.returncode == 0, first.stderr[-4000:]
     assert (full / "checkpoint-1" / "trainer_state.json").is_file() and (full / "checkpoint-2").is_dir()
@@ -54,43 +42,25 @@ def _train_then_resume(tmp_path: Path, flags: list[str], **env: str) -> tuple[Pa
     return full, resumed, first
 
 
-def _max_difference(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
-
-
-def _step_losses(output_dir: Path) -> dict[int, float]:
-    return {m["step"]: m["loss"] for m in read_metrics(output_dir) if "loss" in m}
-
-
-def _assert_resumed_equal(full: Path, resumed: Path, weights_file: str) -> None:
-    final, again = load_file(full / weights_file), load_file(resumed / weights_file)
-    step1 = load_file(full / "checkpoint-1" / weights_file)
-    assert _max_difference(final, step1) > MOVED, "step 2 did not change the weights: the check below could not fail"
-    difference = _max_difference(final, again)
-    assert difference < SAME, f"resumed step 2 differs from the uninterrupted one by {difference:.3e}"
-    assert _step_losses(resumed)[2] == pytest.approx(_step_losses(full)[2], rel=1e-5)
-    assert 1 not in _step_losses(resumed), "the resumed run trained step 1 again"
-
-
+# ------------------------------------------------------------------------------------------- ZeRO
+# ZeRO-3 resumes through examples/scripts/cispo_multi_node.sh, launched as two nodes of one process each:
+# tests/test_examples.py::test_multi_node_example_smoke_two_launchers_one_zero3_run_that_resumes_exactly.
 @pytest.mark.slow
 @pytest.mark.distributed
-# ------------------------------------------------------------------------------------------- ZeRO
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
-def test_zero_two_processes_train_save_and_resume_exactly(tmp_path, stage):
-    full, resumed, first = _train_then_resume(tmp_path, ["--deepspeed", stage], NPROC_PER_NODE="2")
+def test_zero2_two_processes_train_save_and_resume_exactly(tmp_path):
+    full, resumed, first = _train_then_resume(tmp_path, ["--deepspeed", "zero2"], NPROC_PER_NODE="2")
     assert "starting 2 processes on this node" in first.stderr
     assert first.stderr.count("training Qwen2ForCausalLM") == 1, "only process 0 should narrate"
     # DeepSpeed's own sharded state is in the checkpoint (what resume loads), one optimizer shard per process
     shards = sorted(p.name for p in (full / "checkpoint-1" / "global_step1").iterdir() if "optim_states" in p.name)
     assert len(shards) == 2, shards
-    # the saved model is whole (ZeRO-3 gathers it on save) and loads with transformers
+    # the saved model is whole and loads with transformers
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(full)
     reference = AutoModelForCausalLM.from_pretrained(DEMO_MODEL)
     assert model.model.embed_tokens.weight.shape == reference.model.embed_tokens.weight.shape
-    _assert_resumed_equal(full, resumed, "model.safetensors")
+    assert_resumed_equal(full, resumed, "model.safetensors")
 
 
 # ------------------------------------------------------------------------------------------- LoRA
@@ -107,7 +77,7 @@ def test_lora_trains_only_the_adapter_resumes_and_merges(tmp_path):
     # all-linear: the 7 projections of each of the 2 layers, not the output head
     assert len(config["target_modules"]) == 7 * 2 and not any("lm_head" in m for m in config["target_modules"])
     assert not (full / "model.safetensors").exists(), "LoRA saves the adapter, not a full copy of the model"
-    _assert_resumed_equal(full, resumed, "adapter_model.safetensors")
+    assert_resumed_equal(full, resumed, "adapter_model.safetensors")
 
     result = swift("export", "--adapters", full, "--merge_lora", "true", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -140,7 +110,7 @@ def test_lora_with_zero3_two_processes_trains_and_resumes(tmp_path):
     flags = ["--train_type", "lora", "--learning_rate", "2e-2", "--deepspeed", "zero3"]
     full, resumed, _ = _train_then_resume(tmp_path, flags, NPROC_PER_NODE="2")
     assert _adapter_config(full)["r"] == 8  # the default rank
-    _assert_resumed_equal(full, resumed, "adapter_model.safetensors")
+    assert_resumed_equal(full, resumed, "adapter_model.safetensors")
 
 
 # ------------------------------------------------------------------------------------------- bad input
@@ -218,7 +188,6 @@ def test_lora_options():
         assert str(caught.value) == message
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "flags,env,fragments",
     [
@@ -228,9 +197,15 @@ def test_lora_options():
         (["--epsilon_high", "-1"], {"NPROC_PER_NODE": "2"}, ["epsilon_high must be > 0"]),
     ],
 )
-def test_scale_out_mistakes_are_one_sentence(tmp_path, flags, env, fragments):
+def test_scale_out_mistakes_are_one_sentence(tmp_path, monkeypatch, capsys, flags, env, fragments):
+    """In this process (``main``, as a user's command runs it): refused before any worker could start."""
+    monkeypatch.chdir(tmp_path)
+    for name in LAUNCH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     out = tmp_path / "out"
-    result = swift("rlhf", *flags, "--output_dir", out, cwd=tmp_path, **env)
+    result = swift_in_process("rlhf", *flags, "--output_dir", out, capsys=capsys)
     assert_clean_error(result, *fragments)
     assert "starting" not in result.stderr, "workers were started for a command that cannot run"
     assert not out.exists() or not any(out.iterdir())
@@ -270,7 +245,7 @@ def test_export_mistakes(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_the_launcher_checks_the_config_for_the_world_it_starts(tmp_path, tiny_model_dir, data_file):
+def test_the_launcher_checks_the_config_for_the_world_it_starts(tmp_path, monkeypatch, capsys, tiny_model_dir, data_file):
     """4 rows x 1 step per process, 8 generations: one process could not form a group, two can. The launcher
     must check the config its 2 workers build (ms-swift's grpo_7b.sh was refused for this), and train."""
     result = swift(
@@ -281,10 +256,13 @@ def test_the_launcher_checks_the_config_for_the_world_it_starts(tmp_path, tiny_m
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out" / "model.safetensors").is_file()
-    single = swift(
+    monkeypatch.chdir(tmp_path)
+    for name in LAUNCH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    single = swift_in_process(  # one process, refused before anything loads: in this process
         "rlhf", "--model", tiny_model_dir, "--dataset", data_file, "--reward_funcs", "exact_match",
         "--per_device_train_batch_size", "4", "--num_generations", "8", "--steps_per_generation", "1",
-        "--output_dir", tmp_path / "single", cwd=tmp_path,
+        "--output_dir", tmp_path / "single", capsys=capsys,
     )  # fmt: skip
     assert_clean_error(single, "generation_batch_size (4) must be divisible by num_generations (8)")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, free_ports, read_metrics
+from helpers import REPO, assert_resumed_equal, free_ports, read_metrics
 
 pytestmark = pytest.mark.slow  # each test runs an example script
 
@@ -39,18 +40,26 @@ def _example_env(out: Path, **extra: str) -> dict:
     }
 
 
-def test_custom_reward_example_smoke(tmp_path):
-    _, metrics = _smoke("cispo_custom_reward.sh", tmp_path / "example_run")
-    assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
+def test_custom_reward_example_smoke_trains_and_writes_metrics_curves_and_model(tmp_path):
+    out = tmp_path / "example_run"
+    result, metrics = _smoke("cispo_custom_reward.sh", out)
+    steps = [m for m in metrics if "loss" in m]
+    assert [m["step"] for m in steps] == [1, 2]
     logged = [m for m in metrics if "reward" in m]
-    assert logged and all("rewards/answer_match/mean" in m for m in logged)
+    assert logged and all("rewards/answer_match/mean" in m for m in logged)  # the plugin's reward, fed the answer column
+    assert all("cispo_clip_ratio" in m for m in steps)
+    assert "loss_type=cispo (epsilon_high=5: importance weight clipped to [no floor, 5], cap convention)" in result.stderr
+    png = out / "training_curves.png"
+    assert png.stat().st_size > 5000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
 
 
-def _smoke(script: str, out: Path, **env: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
-    """Run an example script with SMOKE=1 into ``out``; its result and logged metrics."""
+def _smoke(script: str, out: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """Run an example script with SMOKE=1 into ``out`` (``args`` added to its command); its result and logged metrics."""
     result = subprocess.run(
-        ["bash", str(REPO / "examples/scripts" / script)], env=_example_env(out, **env), capture_output=True, text=True, timeout=600
-    )
+        ["bash", str(REPO / "examples/scripts" / script), *map(str, args)], env=_example_env(out, **env), capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return result, read_metrics(out)
 
@@ -102,12 +111,30 @@ def test_multi_gpu_example_smoke_lora_under_zero2_two_processes(tmp_path):
 
 
 @pytest.mark.distributed
-def test_multi_node_example_smoke_two_launchers_one_run(tmp_path):
-    out = tmp_path / "multi_node_run"
-    result, metrics = _smoke("cispo_multi_node.sh", out, MASTER_PORT=str(free_ports(1)[0]))
+def test_multi_node_example_smoke_two_launchers_one_zero3_run_that_resumes_exactly(tmp_path):
+    """Two launchers of one process each (ZeRO-3, world 2), saving every step; then the same two launchers
+    resume step 2 from a copy of checkpoint-1 and must reach the same weights (tests/test_distributed.py's
+    resume check, here for ZeRO-3 launched as two nodes)."""
+    out, resumed = tmp_path / "multi_node_run", tmp_path / "resumed"
+    keep = ["--save_steps", "1", "--seed", "7", "--warmup_steps", "0"]
+    result, metrics = _smoke("cispo_multi_node.sh", out, *keep, MASTER_PORT=str(free_ports(1)[0]))
     assert "NODE_RANK 0 of NNODES 2, 2 in all" in result.stderr and "NODE_RANK 1 of NNODES 2, 2 in all" in result.stderr
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2]  # one run: only global rank 0 logs
-    assert (out / "model.safetensors").is_file()
+    assert result.stderr.count("training Qwen2ForCausalLM") == 1, "only global rank 0 should narrate"
+    # DeepSpeed's own sharded state is in the checkpoint (what resume loads), one optimizer shard per process
+    shards = sorted(p.name for p in (out / "checkpoint-1" / "global_step1").iterdir() if "optim_states" in p.name)
+    assert len(shards) == 2, shards
+    # the saved model is whole (ZeRO-3 gathers it on save) and loads with transformers
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    reference = AutoModelForCausalLM.from_pretrained(REPO / "swift_cispo" / "demo" / "model")
+    assert model.model.embed_tokens.weight.shape == reference.model.embed_tokens.weight.shape
+
+    resumed.mkdir()
+    shutil.copytree(out / "checkpoint-1", resumed / "checkpoint-1")
+    _smoke("cispo_multi_node.sh", resumed, *keep, "--resume_from_checkpoint", resumed / "checkpoint-1", MASTER_PORT=str(free_ports(1)[0]))
+    assert_resumed_equal(out, resumed, "model.safetensors")
 
 
 # ------------------------------------------------------------------------------------- vLLM examples
@@ -156,14 +183,32 @@ def _run_server_example(script: str, out: Path) -> subprocess.CompletedProcess:
     return result
 
 
+GAP = "sampling/sampling_logp_difference/mean"  # TRL's sampler-vs-trainer log-prob gap of fresh completions
+
+
 def _assert_fresh_rollouts(metrics: list[dict]) -> None:
     """Every logged rollout was sampled with the weights of the step that used it (policy lag 0)."""
     lags = [m["rollout/policy_lag"] for m in metrics if "rollout/policy_lag" in m]
     assert lags and all(lag == 0.0 for lag in lags), lags
 
 
+def _assert_synced_after_large_updates(metrics: list[dict]) -> None:
+    """After every step at the smoke mode's learning rate (5e-2), the sampler's log-probs match the trainer's.
+
+    The two vLLM sync tests: tests/test_vllm.py's negative controls (the weight push skipped) show that the
+    same updates leave a stale engine > 1e-2 off after the first step.
+    """
+    gaps = [m[GAP] for m in metrics if GAP in m]
+    assert len(gaps) == 3 and max(gaps) < 1e-3, gaps
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    assert len(set(losses)) > 1  # the weights really moved between rollouts
+    # one rollout correction, one set of metrics: ours (applied), never TRL's ratio (not applied)
+    assert [m["rollout_is/weight_max"] <= 2.0 for m in metrics if GAP in m] == [True] * 3
+    assert not [k for m in metrics for k in m if k.startswith("sampling/importance_sampling_ratio")]
+
+
 @pytest.mark.vllm
-def test_vllm_colocate_example_smoke(tmp_path):
+def test_vllm_colocate_example_smoke_keeps_the_engine_in_sync(tmp_path):
     _require_vllm()
     out = tmp_path / "colocate_run"
     result = _run_example("cispo_vllm_colocate.sh", out, free_ports(1)[0])
@@ -171,17 +216,20 @@ def test_vllm_colocate_example_smoke(tmp_path):
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3]
     _assert_fresh_rollouts(metrics)
+    _assert_synced_after_large_updates(metrics)
 
 
 @pytest.mark.vllm
-def test_vllm_server_example_smoke_and_server_stopped(tmp_path):
+def test_vllm_server_example_smoke_syncs_over_gloo_and_stops_the_server(tmp_path):
     _require_vllm()
     out = tmp_path / "server_run"
     result = _run_server_example("cispo_vllm_server.sh", out)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "weights reach the rollout server over gloo" in result.stderr  # --vllm_weight_transport auto on a CPU
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3]
     _assert_fresh_rollouts(metrics)
+    _assert_synced_after_large_updates(metrics)
 
 
 @pytest.mark.vllm

@@ -2,14 +2,12 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+from helpers import REPO, override_flags, without_flags
 
-import msswift_examples  # noqa: E402
+import msswift_examples  # scripts/msswift_examples.py (helpers puts scripts/ on the path)
 
 
 def test_the_vendored_scripts_hold_37_command_lines():
@@ -25,6 +23,12 @@ def test_a_hash_inside_a_value_is_not_a_comment():
     argv = msswift_examples.command_lines(msswift_examples.FIXTURES / "internal__gspo.sh")[0]
     assert argv[argv.index("--dataset") + 1] == "AI-MO/NuminaMath-TIR#10000"
     assert argv[-4:] == ["--deepspeed", "zero3", "--log_completions", "true"]
+
+
+def test_flags_are_replaced_not_repeated():
+    argv = ["--model", "M", "--dataset", "a", "b", "--max_steps", "9", "--beta", "0"]
+    assert without_flags(argv, ["dataset", "beta"]) == ["--model", "M", "--max_steps", "9"]
+    assert override_flags(argv, ["--max_steps", "2", "--dataset", "D"]) == ["--model", "M", "--beta", "0", "--max_steps", "2", "--dataset", "D"]
 
 
 def test_swap_replaces_every_dataset_value():

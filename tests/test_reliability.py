@@ -1,8 +1,9 @@
 """Reliability and observability: exact resume, kill -9, metrics/curves/completions files, progress,
 faults (raising or NaN rewards, NaN losses), --report_to, and the security defaults.
 
-The resume tests share three runs of the embedded demo (module fixture ``runs``): one
-uninterrupted, one SIGKILLed mid-step after four checkpoints, and the resumes of the latter.
+The resume tests share two runs of the embedded demo (module fixture ``runs``): one uninterrupted,
+one SIGKILLed mid-step after four checkpoints; they resume the latter, or stop a run of the same
+settings at step 3 and extend it, and compare with the former.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from swift_cispo.records import COMPLETIONS_FILE, MetricsFileCallback, truncate_
 from swift_cispo.checkpoints import incomplete_reason, resolve_resume, safetensors_problem
 from swift_cispo.errors import NonFiniteError, UserError
 from swift_cispo.trainers.run_checks import non_finite_problem
-from helpers import REPO, assert_clean_error, read_metrics, swift
+from helpers import REPO, assert_clean_error, override_flags, read_metrics, swift, swift_in_process
 
 # The embedded demo (its own model and data, steps_per_generation 2), made small and seeded.
 DEMO_FAST = [
@@ -42,6 +43,7 @@ DEMO_FAST = [
     "--logging_steps", "1",
     "--seed", "0",
     "--log_completions", "true",
+    "--lr_scheduler_type", "constant",  # a run extended to more steps then follows the same learning rates
 ]  # fmt: skip
 
 # exact_match, plus a way to stall a chosen step's rollout so the test can kill the process there.
@@ -164,9 +166,9 @@ def test_latest_skips_half_written_checkpoints(runs):
     assert _max_abs_diff(_weights(out), _weights(runs["full"])) == 0.0
 
 
-@pytest.mark.slow
-def test_resume_from_a_missing_checkpoint_is_one_sentence(tmp_path):
-    result = swift("rlhf", "--output_dir", tmp_path / "o", "--resume_from_checkpoint", tmp_path / "o" / "checkpoint-3", cwd=tmp_path)
+def test_resume_from_a_missing_checkpoint_is_one_sentence(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    result = swift_in_process("rlhf", "--output_dir", tmp_path / "o", "--resume_from_checkpoint", tmp_path / "o" / "checkpoint-3", capsys=capsys)
     assert_clean_error(result, f"cannot resume from {tmp_path / 'o' / 'checkpoint-3'}: it does not exist")
 
 
@@ -525,21 +527,17 @@ def test_no_pickle_loading_in_the_package(tmp_path):
 
 
 @pytest.mark.slow
-def test_extending_a_finished_run_matches_the_straight_run(tmp_path, tiny_model_dir, data_file, plugin_file):
-    """Stopped by --max_steps 3 (inside a generation window), resumed to --max_steps 4 under a constant learning
-    rate: the weights equal a straight 4-step run's, and the resumed step really moved them."""
-    common = ["rlhf", "--model", tiny_model_dir, "--dataset", data_file, "--reward_funcs", "short_answer",
-              "--external_plugins", plugin_file,
-              "--num_generations", "4", "--per_device_train_batch_size", "8", "--steps_per_generation", "2",
-              "--max_completion_length", "4", "--learning_rate", "5e-2", "--lr_scheduler_type", "constant",
-              "--save_steps", "1", "--seed", "0", "--temperature", "1.5"]  # fmt: skip
-    straight = swift(*common, "--max_steps", "4", "--output_dir", tmp_path / "straight", cwd=tmp_path)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    part = swift(*common, "--max_steps", "3", "--output_dir", tmp_path / "part", cwd=tmp_path)
-    assert part.returncode == 0, part.stderr[-3000:]
-    resumed = swift(*common, "--max_steps", "4", "--output_dir", tmp_path / "part",
-                    "--resume_from_checkpoint", tmp_path / "part" / "checkpoint-3", cwd=tmp_path)  # fmt: skip
+def test_extending_a_finished_run_matches_the_straight_run(runs):
+    """Stopped by --max_steps 3 (inside a generation window: the demo's steps_per_generation is 2), resumed to
+    --max_steps 6 under a constant learning rate: the weights equal the uninterrupted 6-step run's, and the
+    resumed steps really moved them."""
+    part = runs["root"] / "part"
+    common = [str(token) for token in runs["common"]]
+    stopped = swift(*override_flags(common, ["--max_steps", "3"]), "--output_dir", part, cwd=runs["root"])
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert (part / "model.safetensors").is_file() and sorted(p.name for p in part.glob("checkpoint-*"))[-1] == "checkpoint-3"
+    resumed = swift(*common, "--output_dir", part, "--resume_from_checkpoint", part / "checkpoint-3", cwd=runs["root"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "scale with the run's length" not in resumed.stderr  # a constant schedule: nothing to warn about
-    assert _max_abs_diff(_weights(tmp_path / "part"), _weights(tmp_path / "straight")) == 0.0
-    assert _max_abs_diff(_weights(tmp_path / "part"), _weights(tmp_path / "part" / "checkpoint-3")) > 1e-4
+    assert _max_abs_diff(_weights(part), _weights(runs["full"])) == 0.0
+    assert _max_abs_diff(_weights(part), _weights(part / "checkpoint-3")) > 1e-4

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, assert_clean_error, free_port, read_metrics, swift
+from helpers import REPO, assert_clean_error, free_port, override_flags, read_metrics, swift, swift_in_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]  # every test starts an engine or the CLI
 
@@ -39,14 +39,6 @@ AGGRESSIVE = [
     "--max_steps", "4", "--logging_steps", "1", "--steps_per_generation", "1",
     "--per_device_train_batch_size", "32",
 ]  # fmt: skip
-
-
-def aggressive(**overrides) -> list[str]:
-    """AGGRESSIVE with some values replaced (a flag given twice is an error)."""
-    flags = list(AGGRESSIVE)
-    for name, value in overrides.items():
-        flags[flags.index(f"--{name}") + 1] = str(value)
-    return flags
 
 
 SKIP_SYNC_PLUGIN = """\
@@ -89,11 +81,33 @@ class RolloutServer:
             self.proc.wait(30)
 
 
+class SharedServer:
+    """One `swift rollout` for the module's server tests (an engine start is the costly part), started again
+    only if a test stopped it (the server-dying test does, as the last of them)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.current = folder, None
+
+    def get(self) -> RolloutServer:
+        if self.current is None or self.current.proc.poll() is not None:
+            self.current = RolloutServer(self.folder, free_port())
+        return self.current
+
+    def stop(self) -> None:
+        if self.current is not None:
+            self.current.stop()
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = RolloutServer(tmp_path_factory.mktemp("rollout"), free_port())
-    yield srv
-    srv.stop()
+def _shared_server(tmp_path_factory):
+    shared = SharedServer(tmp_path_factory.mktemp("rollout"))
+    yield shared
+    shared.stop()
+
+
+@pytest.fixture
+def server(_shared_server) -> RolloutServer:
+    return _shared_server.get()
 
 
 def _server_flags(srv: RolloutServer) -> list[str]:
@@ -101,23 +115,8 @@ def _server_flags(srv: RolloutServer) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- colocate
-def test_colocate_sync_keeps_sampler_and_trainer_log_probs_equal(tmp_path):
-    out = tmp_path / "colocate"
-    result = swift("rlhf", "--use_vllm", "true", "--vllm_mode", "colocate", *AGGRESSIVE, "--output_dir", out, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    gaps = _gaps(out)
-    assert len(gaps) == 4
-    assert max(gaps) < 1e-3, gaps
-    metrics = read_metrics(out)
-    lags = [m["rollout/policy_lag"] for m in metrics if "rollout/policy_lag" in m]
-    assert lags and all(lag == 0 for lag in lags), lags
-    losses = [m["loss"] for m in metrics if "loss" in m]
-    assert len(set(losses)) > 1  # the weights really moved between rollouts
-    # one rollout correction, one set of metrics: ours (applied), never TRL's ratio (not applied)
-    assert [m["rollout_is/weight_max"] <= 2.0 for m in metrics if GAP in m] == [True] * 4
-    assert not [k for m in metrics for k in m if k.startswith("sampling/importance_sampling_ratio")]
-
-
+# The positive case, the engine synced after every step of large updates, runs through the example script:
+# tests/test_examples.py::test_vllm_colocate_example_smoke_keeps_the_engine_in_sync (one engine start for both).
 def test_colocate_without_sync_drifts(tmp_path):
     plugin = tmp_path / "skip_sync.py"
     plugin.write_text(SKIP_SYNC_PLUGIN)
@@ -175,14 +174,14 @@ def test_colocate_lora_syncs_the_merged_weights(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- server
-@pytest.mark.parametrize("transport", ["gloo", "http"])
-def test_server_sync_keeps_sampler_and_trainer_log_probs_equal(server, tmp_path, transport):
-    # gloo: the process-group path that is NCCL on GPUs; http: safetensors over the server's own port
+def test_server_sync_over_http_keeps_sampler_and_trainer_log_probs_equal(server, tmp_path):
+    # http: safetensors over the server's own port. gloo (the process-group path that is NCCL on GPUs) runs
+    # through the example script: tests/test_examples.py::test_vllm_server_example_smoke_syncs_over_gloo_...
     out = tmp_path / "server"
     result = swift(
-        "rlhf", *_server_flags(server), "--vllm_weight_transport", transport, *AGGRESSIVE, "--output_dir", out, cwd=tmp_path
+        "rlhf", *_server_flags(server), "--vllm_weight_transport", "http", *AGGRESSIVE, "--output_dir", out, cwd=tmp_path
     )
-    assert f"weights reach the rollout server over {transport}" in result.stderr
+    assert "weights reach the rollout server over http" in result.stderr
     assert result.returncode == 0, result.stderr[-3000:]
     gaps = _gaps(out)
     assert len(gaps) == 4 and max(gaps) < 1e-3, gaps
@@ -209,7 +208,7 @@ def test_server_without_weight_push_drifts(server, tmp_path):
 def test_async_lag1_rollouts_are_one_step_old_and_corrected(server, tmp_path):
     out = tmp_path / "async"
     result = swift(
-        "rlhf", *_server_flags(server), "--async_generate", "true", *aggressive(max_steps=5),
+        "rlhf", *_server_flags(server), "--async_generate", "true", *override_flags(AGGRESSIVE, ["--max_steps", "5"]),
         "--output_dir", out, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -262,8 +261,8 @@ def test_server_not_up_is_waited_for_then_named(tmp_path):
     assert not (tmp_path / "never").exists()  # nothing left behind
 
 
-def test_server_dying_mid_run_stops_training_and_keeps_the_checkpoint(tmp_path):
-    srv = RolloutServer(tmp_path, free_port())
+def test_server_dying_mid_run_stops_training_and_keeps_the_checkpoint(server, tmp_path):
+    srv = server  # the module's server: this test stops it, so it runs after the others that use it
     out = tmp_path / "dies"
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     train = subprocess.Popen(
@@ -293,6 +292,14 @@ def test_server_dying_mid_run_stops_training_and_keeps_the_checkpoint(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- flags
+# Refused before anything starts: through `swift_cispo.cli.main.main` in this process (vLLM is imported here
+# already). test_real_server_needs_its_key... and tests/test_cli.py check the process a user sees.
+@pytest.fixture
+def swift_here(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    return lambda *args: swift_in_process(*args, capsys=capsys)
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
@@ -302,8 +309,8 @@ def test_server_dying_mid_run_stops_training_and_keeps_the_checkpoint(tmp_path):
         (["--use_vllm", "true", "--vllm_mode", "remote"], "invalid choice: 'remote'"),
     ],
 )
-def test_vllm_flag_errors(tmp_path, flags, message):
-    assert_clean_error(swift("rlhf", *flags, "--output_dir", tmp_path / "o", cwd=tmp_path), message)
+def test_vllm_flag_errors(swift_here, tmp_path, flags, message):
+    assert_clean_error(swift_here("rlhf", *flags, "--output_dir", tmp_path / "o"), message)
 
 
 @pytest.mark.parametrize(
@@ -313,22 +320,22 @@ def test_vllm_flag_errors(tmp_path, flags, message):
         (["--offload_model", "true"], "ms-swift flag --offload_model: no effect here: this run has no GPU"),
     ],
 )
-def test_gpu_memory_flags_on_a_cpu_run_are_logged_not_ignored(tmp_path, flags, note):
+def test_gpu_memory_flags_on_a_cpu_run_are_logged_not_ignored(swift_here, tmp_path, flags, note):
     """ms-swift scripts set these for GPUs; on a CPU run there is no GPU memory to free: said in the log, not silent."""
-    result = swift("rlhf", "--use_vllm", "true", *flags, "--reward_funcs", "no_such_reward", "--output_dir", tmp_path / "o", cwd=tmp_path)
+    result = swift_here("rlhf", "--use_vllm", "true", *flags, "--reward_funcs", "no_such_reward", "--output_dir", tmp_path / "o")
     assert_clean_error(result, "unknown reward function 'no_such_reward'")  # stops right after the flags are read
     assert note in result.stderr
     assert not (tmp_path / "o").exists()
 
 
-def test_rollout_command_errors(tmp_path):
-    assert_clean_error(swift("rollout", cwd=tmp_path), "--model is required")
-    assert_clean_error(swift("rollout", "--model", tmp_path / "missing", cwd=tmp_path), "does not exist")
+def test_rollout_command_errors(swift_here, tmp_path):
+    assert_clean_error(swift_here("rollout"), "--model is required")
+    assert_clean_error(swift_here("rollout", "--model", tmp_path / "missing"), "does not exist")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert_clean_error(swift("rollout", "--model", DEMO_MODEL, "--port", port, cwd=tmp_path), f"port {port} on 127.0.0.1 is already in use")
+        assert_clean_error(swift_here("rollout", "--model", DEMO_MODEL, "--port", port), f"port {port} on 127.0.0.1 is already in use")
 
 
 def test_vllm_max_model_len_alias(tmp_path):
@@ -355,7 +362,7 @@ def test_colocate_under_zero3_with_two_processes_syncs_the_gathered_weights(tmp_
     out = tmp_path / "colocate_zero3"
     result = swift(
         "rlhf", "--use_vllm", "true", "--vllm_mode", "colocate", "--deepspeed", "zero3",
-        *aggressive(per_device_train_batch_size=16, max_steps=3), "--output_dir", out, cwd=tmp_path, timeout=600, NPROC_PER_NODE="2",
+        *override_flags(AGGRESSIVE, ["--per_device_train_batch_size", "16", "--max_steps", "3"]), "--output_dir", out, cwd=tmp_path, timeout=600, NPROC_PER_NODE="2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "starting 2 processes" in result.stderr

@@ -12,8 +12,9 @@ PLUGIN=examples/scripts/reward_plugin.py
 if smoke; then
   MODEL="$DEMO_MODEL"
   DATASET="$DEMO_DATA#64"
-  # On CPU vLLM neither sleeps nor offloads: --sleep_level and --offload_model are GPU-only.
-  smoke_flags 3 16 1e-3
+  # On CPU vLLM neither sleeps nor offloads: --sleep_level and --offload_model are GPU-only. Large updates
+  # (5e-2, constant): an engine left with stale weights would sample measurably off the trainer's policy.
+  smoke_flags 3 16 5e-2 --lr_scheduler_type constant
 else
   MODEL="${MODEL:-Qwen/Qwen2.5-1.5B-Instruct}"
   DATASET="${DATASET:?set DATASET to a .jsonl file with prompt and answer columns}"

@@ -20,7 +20,8 @@ if smoke; then
   TRAIN_ENV=()
   # On CPU the server's memory share is of the machine's RAM (default 0.3); the demo model needs little.
   SERVER_EXTRA=(--torch_dtype float32 --vllm_gpu_memory_utilization 0.05)
-  smoke_flags 3 16 1e-3
+  # Large updates (5e-2, constant): a server left with stale weights would sample measurably off the trainer's policy.
+  smoke_flags 3 16 5e-2 --lr_scheduler_type constant
 else
   MODEL="${MODEL:-Qwen/Qwen2.5-1.5B-Instruct}"
   DATASET="${DATASET:?set DATASET to a .jsonl file with prompt and answer columns}"

@@ -6,11 +6,15 @@ advantage everywhere: it adds tokens to the normaliser and nothing to the gradie
 place of the flat ones, for at most ``max_resample_times`` rounds (ms-swift's flags and defaults).
 What is left flat after the last round stays, and the log says how many.
 
-These are the pure pieces: which groups are flat (TRL's own test for a zero reward std), which
-prompts a round draws, and how two scored rollouts are merged row by row.
+The pure pieces: which groups are flat (TRL's own test for a zero reward std), which prompts a
+round draws, and how two scored rollouts are merged row by row; ``resample_flat_groups`` runs the
+rounds with them, given a function that rolls out and scores a list of dataset rows.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 
@@ -98,3 +102,68 @@ def _trim_padding(rollout: dict) -> dict:
         elif key not in PROMPT_KEYS and value.size(1) == completion_width:
             rollout[key] = value[:, :end]
     return rollout
+
+
+@dataclass(frozen=True)
+class ResampleResult:
+    """A generation batch after dynamic sampling, and its counts over all processes."""
+
+    rollout: dict
+    flat_groups: float  # found before the first round
+    left_flat: float  # still flat after the last round
+    rounds: int
+
+
+def resample_flat_groups(
+    rollout: dict,
+    rewards_per_func: torch.Tensor,
+    generate: Callable[[list], tuple[dict, torch.Tensor]],
+    *,
+    dataset: Sequence,
+    reward_weights: torch.Tensor,
+    num_generations: int,
+    max_rounds: int,
+    seed: int,
+    step: int,
+    pad_token_id: int,
+    accelerator,
+) -> ResampleResult:
+    """DAPO's dynamic sampling: replace this process's flat groups with informative ones from fresh prompts.
+
+    ``rewards_per_func`` holds every process's rows, in process order (as TRL gathers them);
+    ``generate(raw_rows)`` rolls out and scores dataset rows and returns the scored rollout and its
+    gathered rewards. Every process takes part in every round (the rollout's reward gathering is
+    collective) until no process has a flat group left, or after ``max_rounds`` rounds. The prompts of
+    a round come from a generator seeded by ``seed``, ``step`` and the round, so a resumed run draws the same.
+    """
+    group = num_generations
+    local_rows = rollout["completion_ids"].size(0)
+    start = accelerator.process_index * local_rows
+
+    def local_flat(rewards) -> list[int]:
+        return flat_groups(rewards[start : start + local_rows], reward_weights, group).nonzero().flatten().tolist()
+
+    flat = local_flat(rewards_per_func)
+    found = len(flat)
+    rounds = 0
+    for rounds in range(1, max_rounds + 1):
+        pending = accelerator.reduce(torch.tensor(float(len(flat)), device=accelerator.device), reduction="sum")
+        if pending.item() == 0:
+            rounds -= 1
+            break
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 101 + rounds)
+        rows = resample_prompts(len(dataset), local_rows // group, accelerator.process_index, accelerator.num_processes, generator)
+        fresh, fresh_rewards = generate([dataset[index] for index in rows for _ in range(group)])
+        still_flat = set(local_flat(fresh_rewards))
+        informative = [g for g in range(local_rows // group) if g not in still_flat]
+        swaps = list(zip(flat, informative))
+        rollout = replace_rows(
+            rollout, fresh,
+            [g * group + k for g, _ in swaps for k in range(group)],
+            [f * group + k for _, f in swaps for k in range(group)],
+            pad_token_id,
+        )  # fmt: skip
+        flat = flat[len(swaps) :]
+    totals = accelerator.reduce(torch.tensor([float(found), float(len(flat))], device=accelerator.device), reduction="sum")
+    found_all, left_all = totals.tolist()
+    return ResampleResult(rollout, found_all, left_all, rounds)

@@ -33,6 +33,7 @@ from ..trl_contract import trl_version_problem
 from ..distributed import prepare_deepspeed
 from .advantages import AdvantageEstimatorMixin
 from .config import GRPOConfig
+from .dynamic_sampling import resample_flat_groups
 from .run_checks import empty_run_reason, non_finite_problem, schedule_change_note
 from .metrics import StepMetrics
 from .multi_turn import build_scheduler, with_multi_turn
@@ -225,54 +226,26 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
         return rollout
 
     def _resample_flat_groups(self, rollout: dict) -> dict:
-        """DAPO's dynamic sampling: replace this process's flat groups with informative ones from fresh prompts.
+        """DAPO's dynamic sampling (``dynamic_sampling.resample_flat_groups``), each round's rollout recorded and logged."""
 
-        Every process takes part in every round (the rollout's reward gathering is collective) until
-        no process has a flat group left, or after max_resample_times rounds.
-        """
-        from .dynamic_sampling import flat_groups, replace_rows, resample_prompts
-
-        group = self.num_generations
-        local_rows = rollout["completion_ids"].size(0)
-        start = self.accelerator.process_index * local_rows
-        weights = self.reward_weights
-
-        def local_flat(rewards) -> list[int]:
-            flat = flat_groups(rewards[start : start + local_rows], weights, group)
-            return flat.nonzero().flatten().tolist()
-
-        flat = local_flat(self._rollout_rewards_per_func)
-        found = len(flat)
-        rounds = 0
-        for rounds in range(1, self.args.max_resample_times + 1):
-            pending = self.accelerator.reduce(torch.tensor(float(len(flat)), device=self.accelerator.device), reduction="sum")
-            if pending.item() == 0:
-                rounds -= 1
-                break
-            generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + self.state.global_step * 101 + rounds)
-            rows = resample_prompts(len(self.train_dataset), local_rows // group, self.accelerator.process_index,
-                                    self.accelerator.num_processes, generator)  # fmt: skip
-            fresh_raw = [self.train_dataset[index] for index in rows for _ in range(group)]
-            fresh = self._generate_and_score_completions(fresh_raw)
+        def generate(raw: list) -> tuple[dict, torch.Tensor]:
+            fresh = self._generate_and_score_completions(raw)
             self._after_rollout()
-            informative = [g for g in range(local_rows // group) if g not in set(local_flat(self._rollout_rewards_per_func))]
-            swaps = list(zip(flat, informative))
-            rollout = replace_rows(
-                rollout, fresh,
-                [g * group + k for g, _ in swaps for k in range(group)],
-                [f * group + k for _, f in swaps for k in range(group)],
-                self.processing_class.pad_token_id,
-            )  # fmt: skip
-            flat = flat[len(swaps):]
-        totals = self.accelerator.reduce(torch.tensor([float(found), float(len(flat))], device=self.accelerator.device), reduction="sum")
-        found_all, left_all = totals.tolist()
+            return fresh, self._rollout_rewards_per_func
+
+        result = resample_flat_groups(
+            rollout, self._rollout_rewards_per_func, generate,
+            dataset=self.train_dataset, reward_weights=self.reward_weights, num_generations=self.num_generations,
+            max_rounds=self.args.max_resample_times, seed=self.args.seed, step=self.state.global_step,
+            pad_token_id=self.processing_class.pad_token_id, accelerator=self.accelerator,
+        )  # fmt: skip
         metrics = self._metrics["train"]
-        metrics["dynamic_sampling/flat_groups"].append(found_all)
-        metrics["dynamic_sampling/replaced_groups"].append(found_all - left_all)
-        metrics["dynamic_sampling/rounds"].append(float(rounds))
-        if left_all:
-            logger.info("dynamic sampling: %d flat groups left after %d resampling rounds", left_all, rounds)
-        return rollout
+        metrics["dynamic_sampling/flat_groups"].append(result.flat_groups)
+        metrics["dynamic_sampling/replaced_groups"].append(result.flat_groups - result.left_flat)
+        metrics["dynamic_sampling/rounds"].append(float(result.rounds))
+        if result.left_flat:
+            logger.info("dynamic sampling: %d flat groups left after %d resampling rounds", result.left_flat, result.rounds)
+        return result.rollout
 
     def _after_rollout(self) -> None:
         """Records of a rollout just generated: completions.jsonl, the policy lag, and no stray TRL metric."""
