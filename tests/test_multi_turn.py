@@ -233,52 +233,6 @@ def test_multi_turn_options_without_a_scheduler_are_refused(tmp_path):
         GRPOConfig(output_dir=str(tmp_path), use_cpu=True, max_turns=3)
 
 
-# ---------------------------------------------------------------------------------------------- vLLM
-GAP = "sampling/sampling_logp_difference/mean"
-MULTI_TURN_RUN = [
-    "--multi_turn_scheduler", "math_tip_trick", "--max_turns", "2", "--max_completion_length", "48",
-    "--learning_rate", "5e-2", "--warmup_steps", "0", "--lr_scheduler_type", "constant", "--max_steps", "3",
-    "--logging_steps", "1", "--steps_per_generation", "1", "--per_device_train_batch_size", "16",
-]  # fmt: skip
-
-
-def _check_multi_turn_vllm_run(result, out):
-    from helpers import read_metrics
-
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = [m for m in read_metrics(out) if GAP in m]
-    assert len(metrics) == 3
-    # the sampler's log-probs of the sampled tokens (hint tokens excluded) match the trainer's after big updates
-    assert max(m[GAP] for m in metrics) < 1e-3, [m[GAP] for m in metrics]
-    assert max(m["multi_turn/turns"] for m in metrics) > 1.0  # some trajectories really took a second turn
-    assert all(m["rollout/policy_lag"] == 0 for m in metrics)
-
-
-@pytest.mark.slow
-@pytest.mark.vllm
-def test_colocate_multi_turn_samples_what_the_trainer_scores(tmp_path):
-    from helpers import swift
-
-    out = tmp_path / "out"
-    result = swift("rlhf", "--use_vllm", "true", "--vllm_mode", "colocate", *MULTI_TURN_RUN, "--output_dir", out, cwd=tmp_path)
-    _check_multi_turn_vllm_run(result, out)
-
-
-@pytest.mark.slow
-@pytest.mark.vllm
-def test_server_multi_turn_samples_what_the_trainer_scores(tmp_path):
-    from helpers import RolloutServer, free_port, swift
-
-    server = RolloutServer(tmp_path, free_port())
-    try:
-        out = tmp_path / "out"
-        flags = ["--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_port", str(server.port), "--vllm_group_port", str(server.group_port)]
-        result = swift("rlhf", *flags, *MULTI_TURN_RUN, "--output_dir", out, cwd=tmp_path)
-    finally:
-        server.stop()
-    _check_multi_turn_vllm_run(result, out)
-
-
 @pytest.mark.slow
 def test_an_ms_swift_plugin_scheduler_trains_unchanged(tmp_path):
     """ms-swift's own example plugin file (tests/fixtures/ms_swift_plugins/plugin.py), its ReAct tool scheduler."""

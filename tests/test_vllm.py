@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, assert_clean_error, free_port, override_flags, read_metrics, swift, swift_in_process
+from helpers import REPO, RolloutServer, assert_clean_error, free_port, override_flags, read_metrics, swift, swift_in_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]  # every test starts an engine or the CLI
 
@@ -51,34 +51,6 @@ backends.ServerGeneration._push_weights = lambda self: setattr(self, "weights_ve
 
 def _gaps(output_dir: Path) -> list[float]:
     return [m[GAP] for m in read_metrics(output_dir) if GAP in m]
-
-
-class RolloutServer:
-    """`swift rollout` in a subprocess, waited for until it answers."""
-
-    def __init__(self, tmp_path: Path, port: int):
-        self.port = port
-        self.group_port = free_port()  # each server its own weight-transfer port
-        self.log = tmp_path / f"rollout-{port}.log"
-        env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "swift_cispo", "rollout", "--model", str(DEMO_MODEL), "--port", str(port),
-             "--torch_dtype", "float32"],
-            stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )  # fmt: skip
-        from swift_cispo.generation import RolloutClient
-
-        self.client = RolloutClient("127.0.0.1", port, timeout=180)
-        try:
-            self.client.wait_until_up()
-        except Exception:
-            self.stop()
-            raise AssertionError(self.log.read_text()[-3000:]) from None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
 
 
 class SharedServer:
@@ -259,6 +231,36 @@ def test_server_not_up_is_waited_for_then_named(tmp_path):
     assert f"no rollout server answered at 127.0.0.1:{port} within 3 s" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "never").exists()  # nothing left behind
+
+
+# ---------------------------------------------------------------------------------------------- multi-turn (tests/test_multi_turn.py has the rest)
+MULTI_TURN_RUN = [
+    "--multi_turn_scheduler", "math_tip_trick", "--max_turns", "2", "--max_completion_length", "48",
+    "--learning_rate", "5e-2", "--warmup_steps", "0", "--lr_scheduler_type", "constant", "--max_steps", "3",
+    "--logging_steps", "1", "--steps_per_generation", "1", "--per_device_train_batch_size", "16",
+]  # fmt: skip
+
+
+def _check_multi_turn_vllm_run(result, out):
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = [m for m in read_metrics(out) if GAP in m]
+    assert len(metrics) == 3
+    # the sampler's log-probs of the sampled tokens (hint tokens excluded) match the trainer's after big updates
+    assert max(m[GAP] for m in metrics) < 1e-3, [m[GAP] for m in metrics]
+    assert max(m["multi_turn/turns"] for m in metrics) > 1.0  # some trajectories really took a second turn
+    assert all(m["rollout/policy_lag"] == 0 for m in metrics)
+
+
+def test_colocate_multi_turn_samples_what_the_trainer_scores(tmp_path):
+    out = tmp_path / "out"
+    result = swift("rlhf", "--use_vllm", "true", "--vllm_mode", "colocate", *MULTI_TURN_RUN, "--output_dir", out, cwd=tmp_path)
+    _check_multi_turn_vllm_run(result, out)
+
+
+def test_server_multi_turn_samples_what_the_trainer_scores(server, tmp_path):
+    out = tmp_path / "out"
+    result = swift("rlhf", *_server_flags(server), *MULTI_TURN_RUN, "--output_dir", out, cwd=tmp_path)
+    _check_multi_turn_vllm_run(result, out)
 
 
 def test_server_dying_mid_run_stops_training_and_keeps_the_checkpoint(server, tmp_path):
