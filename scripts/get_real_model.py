@@ -195,8 +195,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", type=Path, default=None, help=f"where to write the model (default: ${ENV_VARIABLE}, else {default_folder()})")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF reader draws a bar per tensor
     folder = (args.output_dir or default_folder()).expanduser().resolve()
+    saved = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # transformers' GGUF reader draws a bar per tensor
+    try:
+        return _run(folder)
+    finally:  # main() also runs inside other programs (the tests): leave their environment as it was
+        if saved is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = saved
+
+
+def _run(folder: Path) -> int:
     try:
         if check_existing(folder):
             say(f"{folder} is already there and complete; nothing to do")

@@ -112,7 +112,7 @@ class TrajectoryEngine:
         self.batches.append(len(batch))
         try:
             results = self.generate_batch([prompt for prompt, _, _ in batch], [limit for _, limit, _ in batch])
-        except BaseException as error:  # every waiting trajectory sees the backend's error
+        except Exception as error:  # every waiting trajectory sees the backend's error
             for _, _, future in batch:
                 if not future.done():
                     future.set_exception(error)
