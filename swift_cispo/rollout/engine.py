@@ -58,7 +58,6 @@ class TrajectoryEngine:
         self.turns: dict[str, int] = {}  # model turns asked for, per trajectory
         self.last: dict[str, tuple[list, ChatCompletionResponse]] = {}  # its latest conversation and response
         self.running = 0  # trajectories whose coroutine has not returned; set by the rollout runner
-        self.batches: list[int] = []  # requests per generated batch (logged)
         self._pending: list[tuple[list[int], int, asyncio.Future]] = []
         self._timer: asyncio.TimerHandle | None = None
 
@@ -109,7 +108,6 @@ class TrajectoryEngine:
         batch, self._pending = self._pending, []
         if not batch:
             return
-        self.batches.append(len(batch))
         try:
             results = self.generate_batch([prompt for prompt, _, _ in batch], [limit for _, limit, _ in batch])
         except Exception as error:  # every waiting trajectory sees the backend's error

@@ -14,7 +14,6 @@ ms-swift), and the scheduler's ``rollout_infos`` (turn count, an environment's r
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import uuid
 
@@ -24,9 +23,6 @@ from ..errors import UserError
 from ..rollout.engine import TrajectoryEngine, run_trajectories
 from ..rollout.multi_turn import scheduler_class
 from ..rollout.protocol import RequestConfig, RolloutInferRequest
-
-logger = logging.getLogger("swift_cispo")
-
 
 def with_multi_turn(config, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """TRL's constructor arguments for a multi-turn run: our rollout_func, and the gym reward under use_gym_env."""
