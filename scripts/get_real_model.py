@@ -184,7 +184,15 @@ def write(folder: Path) -> None:
         files = {p.name: p.stat().st_size for p in sorted(partial.iterdir()) if p.is_file()}
         record = {"source": f"{PACKAGE}=={importlib.metadata.version(PACKAGE)}:{GGUF_FILE}", "max_logit_difference": difference, "files": files}
         (partial / MARKER).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        partial.rename(folder)
+        try:
+            partial.rename(folder)
+        except OSError:
+            if not check_existing(folder):
+                raise
+            # another run of this script (a second job, a second test worker) finished first: keep its folder
+            shutil.rmtree(partial, ignore_errors=True)
+            say(f"{folder} was written by another run meanwhile; kept it")
+            return
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)  # only the folder this run created
         raise
