@@ -26,6 +26,8 @@ setup(
         "safetensors",
         "pyyaml>=6",
         "matplotlib>=3.8",
+        # swift fit / --scaling_fit: ScaleRL's saturating curve, least squares with bounds and a covariance
+        "scipy>=1.11",
         "tqdm",
         "requests>=2.31",
         # the `accuracy` and `cosine` rewards; the extra pins the ANTLR runtime its LaTeX parser was generated with

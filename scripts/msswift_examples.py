@@ -9,8 +9,10 @@ Each `swift rlhf` command of each vendored script runs as written, except that:
 - its environment prefix (CUDA_VISIBLE_DEVICES, NPROC_PER_NODE, NNODES...) is dropped; with --nproc N (default
   1) the command runs in N processes and --per_device_train_batch_size is scaled by NPROC_PER_NODE / N, so the
   rollout batch (and its divisibility by --num_generations) is the script's; --nproc script runs as written.
-The scripts' ms-swift plugin files are copied from tests/fixtures/ms_swift_plugins/ where vendored, and a
-`swift rollout` server of the stand-in model is started on each port the server-mode scripts name.
+The scripts' ms-swift plugin files are copied from tests/fixtures/ms_swift_plugins/ where vendored. Before a
+server-mode script, the `swift rollout` command it gives (often in a comment: "run this first") is started as
+written, with the stand-in model (and the port its trainer names); a script that gives none gets a plain one. A
+server that refuses to start makes the script's outcome its refusal.
 Prints one row per command line: trained / refused (the one-sentence reason) / failed / placeholder (the
 script leaves a value such as <node1_ip> or xxx to fill in, so it is not run), and the counts.
 
@@ -53,6 +55,19 @@ def command_lines(script: Path) -> list[list[str]]:
             end = next((i for i, token in enumerate(tokens) if token.startswith("#")), len(tokens))
             commands.append(tokens[:end])
     return commands
+
+
+def rollout_command(script: Path) -> list[str] | None:
+    """The arguments of the `swift rollout` command a script gives, commented out or not (the first one), or None."""
+    lines = [re.sub(r"^\s*#\s?", "", line) for line in script.read_text(encoding="utf-8").splitlines()]
+    text = re.sub(r"\\\n", " ", "\n".join(lines))
+    for line in text.splitlines():
+        match = re.match(r"^\s*(?:[A-Z_0-9]+=\S*\s+)*swift rollout\s+(.*)$", line)
+        if match:
+            tokens = shlex.split(match.group(1))
+            end = next((i for i, token in enumerate(tokens) if token.startswith("#")), len(tokens))
+            return tokens[:end]
+    return None
 
 
 def swap_model_and_dataset(argv: list[str], model: str, dataset: str) -> list[str]:
@@ -111,39 +126,39 @@ def flag_value(argv: list[str], name: str) -> str | None:
     return argv[index] if index < len(argv) else None
 
 
-def server_ports(commands: list[list[str]]) -> list[int]:
-    """The local ports of the rollout servers the server-mode command lines expect."""
-    ports = set()
+def server_port(commands: list[list[str]]) -> int | None:
+    """The local port of the rollout server a script's server-mode command lines expect, or None."""
     for argv in commands:
-        if flag_value(argv, "vllm_mode") != "server":
-            continue
-        port = flag_value(argv, "vllm_server_port") or "8000"
-        if port.isdigit():
-            ports.add(int(port))
-    return sorted(ports)
+        if flag_value(argv, "vllm_mode") == "server":
+            port = flag_value(argv, "vllm_server_port") or "8000"
+            return int(port) if port.isdigit() else None
+    return None
 
 
-def start_servers(ports: list[int], model: str, workdir: Path) -> list[subprocess.Popen]:
-    """One `swift rollout` per port, as the scripts' comments say to start first; waits until each answers."""
+def start_server(script: Path, port: int, model: str, workdir: Path, log: Path) -> tuple[subprocess.Popen | None, str]:
+    """The script's own `swift rollout` (or a plain one), waited for; (process, "") or (None, the server's refusal)."""
     import time
     import urllib.request
 
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    servers = []
-    for port in ports:
-        log = open(workdir / f"rollout-{port}.log", "w")
-        servers.append(subprocess.Popen([sys.executable, "-m", "swift_cispo", "rollout", "--model", model, "--port", str(port)],
-                                        cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT))
-    for port, server in zip(ports, servers):
-        deadline = time.time() + 600
-        while time.time() < deadline and server.poll() is None:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(2)
-        print(f"rollout server on port {port}: {'up' if server.poll() is None else 'exited'}", flush=True)
-    return servers
+    argv = override_flags(swap_model_and_dataset(rollout_command(script) or ["--model", model], model, ""), ["--port", str(port)])
+    # vLLM on a CPU reserves --vllm_gpu_memory_utilization of the machine's RAM (the scripts say 0.8 of a GPU's);
+    # a stand-in model's KV cache needs MiBs, so 1 GiB unless the caller sets otherwise.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    with open(log, "w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "swift_cispo", "rollout", *argv], cwd=workdir, env=env,
+                                  stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.time() + 600
+    while time.time() < deadline and server.poll() is None:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return server, ""
+        except OSError:
+            time.sleep(2)
+    if server.poll() is None:
+        server.kill()
+        return None, "its rollout server did not answer within 600 s"
+    errors = [line for line in log.read_text().splitlines() if ": error: " in line]
+    return None, "swift rollout: " + (errors[-1].split(": error: ", 1)[1] if errors else f"exited with status {server.returncode}")
 
 
 def placeholder(argv: list[str]) -> str | None:
@@ -220,37 +235,45 @@ def main() -> int:
             shutil.copytree(PLUGINS, grpo / "plugin")
         datasets = write_datasets(work)
         model = str(stand_in_model(Path(args.model).resolve(), work))
-        plan = [(script, number, argv) for script in scripts for number, argv in enumerate(command_lines(script))]
-        servers = start_servers(server_ports([argv for _, _, argv in plan]), model, work)
-        try:
-            counts = run_all(plan, args, work, model, datasets, counts)
-        finally:
-            for server in servers:
-                server.terminate()
-                server.wait(timeout=60)
+        for script in scripts:
+            counts = run_script(script, args, work, model, datasets, counts)
     total = sum(counts.values())
     print(f"\n{counts['trained']} of {total} trained, {counts['refused']} refused with a sentence, {counts['failed']} failed, "
           f"{counts['placeholder']} not runnable as written (placeholders)")
     return 0
 
 
-def run_all(plan, args, work: Path, model: str, datasets: dict[str, Path], counts: dict) -> dict:
-    for script, number, argv in plan:
-        argv = without_flags(swap_model_and_dataset(argv, model, str(dataset_for(argv, datasets))), args.without)
-        out = work / f"out-{script.stem}-{number}"
-        blank = placeholder(argv)
-        written = script_nproc(script)
-        processes = written if args.nproc == "script" else int(args.nproc)
-        argv = with_processes(argv, written, processes)
-        log = args.logs / f"{script.stem}-{number + 1}.log" if args.logs else None
-        if blank:
-            outcome, detail = "placeholder", f"the script leaves {blank} to fill in (ms-swift cannot run it as written either)"
-        else:
-            # the small-run flags replace the script's own (a flag given twice is an error)
-            small = override_flags(argv, [*SMALL_RUN, "--output_dir", str(out)])
-            outcome, detail = run_one(small, work, args.timeout, processes, log)
-        counts[outcome] += 1
-        print(f"{outcome:8} {script.name}#{number + 1}  {detail}", flush=True)
+def run_script(script: Path, args, work: Path, model: str, datasets: dict[str, Path], counts: dict) -> dict:
+    """Every command line of one script, after starting the rollout server it asks for (stopped afterwards)."""
+    commands = command_lines(script)
+    port = server_port(commands)
+    server, refusal = None, ""
+    if port is not None and not any(placeholder(argv) for argv in commands):
+        log = (args.logs or work) / f"{script.stem}-rollout.log"
+        server, refusal = start_server(script, port, model, work, log)
+    try:
+        for number, argv in enumerate(commands):
+            argv = without_flags(swap_model_and_dataset(argv, model, str(dataset_for(argv, datasets))), args.without)
+            out = work / f"out-{script.stem}-{number}"
+            blank = placeholder(argv)
+            written = script_nproc(script)
+            processes = written if args.nproc == "script" else int(args.nproc)
+            argv = with_processes(argv, written, processes)
+            log = args.logs / f"{script.stem}-{number + 1}.log" if args.logs else None
+            if blank:
+                outcome, detail = "placeholder", f"the script leaves {blank} to fill in (ms-swift cannot run it as written either)"
+            elif refusal:
+                outcome, detail = "refused", refusal
+            else:
+                # the small-run flags replace the script's own (a flag given twice is an error)
+                small = override_flags(argv, [*SMALL_RUN, "--output_dir", str(out)])
+                outcome, detail = run_one(small, work, args.timeout, processes, log)
+            counts[outcome] += 1
+            print(f"{outcome:8} {script.name}#{number + 1}  {detail}", flush=True)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=60)
     return counts
 
 

@@ -75,3 +75,37 @@ def plot_curves(records: list[dict], path: Path) -> Path | None:
     plt.close(fig)
     partial.replace(path)
     return path
+
+
+def plot_scaling_fits(runs: list[tuple], path: Path, metric: str, compute: str) -> Path:
+    """Each run's points and its fitted ScaleRL curve (``runs``: (label, compute, values, CurveFit or None)), the
+    asymptotes A dashed, on one log-compute axis; written next to a partial file, then renamed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for index, (label, xs, ys, fit) in enumerate(runs):
+        color = f"C{index % 10}"
+        shown = [(x, y) for x, y in zip(xs, ys) if x > 0]
+        if shown:
+            ax.plot(*zip(*shown), ".", color=color, alpha=0.5, label=label if fit is None else None)
+        if fit is not None:
+            grid = np.geomspace(min(x for x, _ in shown), max(x for x, _ in shown) * 10, 200)
+            ax.plot(grid, fit.predict(grid), "-", color=color, label=f"{label}: A={fit.a:.3f}±{fit.a_err:.3f}, B={fit.b:.2f}")
+            ax.axhline(fit.a, color=color, linestyle="--", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"compute ({compute})")
+    ax.set_ylabel(metric)
+    ax.set_title("ScaleRL fit: R0 + (A - R0) / (1 + (C_mid / C)^B)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.stem + ".partial" + path.suffix)
+    fig.savefig(partial, dpi=110)
+    plt.close(fig)
+    partial.replace(path)
+    return path

@@ -19,8 +19,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # 7 GiB per engine, zero-filled at start). The tests' models need a few MiB; 1 GiB lets two test workers, each
 # with a two-process colocate run, share the machine. Engines started by the tests inherit it.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers share the cores: one OpenMP thread per process (the tests and the processes they start), so
+    # that idle threads do not spin against the other worker's (torchrun already does this for its workers).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 SESSION_DTYPE = torch.get_default_dtype()
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -149,14 +149,14 @@ def listening_addresses(port: int) -> set[str]:
 class RolloutServer:
     """`swift rollout` on the demo model in a subprocess, waited for until it answers."""
 
-    def __init__(self, tmp_path: Path, port: int):
+    def __init__(self, tmp_path: Path, port: int, *extra):
         self.port = port
         self.group_port = free_port()  # each server its own weight-transfer port
         self.log = tmp_path / f"rollout-{port}.log"
         env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "swift_cispo", "rollout", "--model", str(REPO / "swift_cispo" / "demo" / "model"),
-             "--port", str(port), "--torch_dtype", "float32"],
+             "--port", str(port), "--torch_dtype", "float32", *map(str, extra)],
             stdout=self.log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )  # fmt: skip
         from swift_cispo.generation import RolloutClient

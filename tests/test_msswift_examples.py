@@ -63,3 +63,23 @@ def test_one_process_keeps_the_scripts_rollout_batch():
     assert msswift_examples.with_processes(argv, 6, 1)[1] == "12"  # 2 x 6 processes, as grpo_7b.sh generates
     assert msswift_examples.with_processes(argv, 6, 6) == argv
     assert msswift_examples.script_nproc(msswift_examples.FIXTURES / "external__grpo_7b.sh") == 6
+
+
+def test_each_scripts_rollout_server_command_is_found_and_parses():
+    """The `swift rollout` command a server-mode script asks to start first (in a comment, mostly) is found, and
+    every flag ms-swift's examples give it parses here (tensor parallelism is refused later, on a CPU)."""
+    from swift_cispo.cli import rollout
+
+    gym = msswift_examples.rollout_command(msswift_examples.FIXTURES / "external__vllm_gym.sh")
+    assert gym == ["--model", "Qwen/Qwen2.5-3B-Instruct", "--max_turns", "3", "--multi_turn_scheduler", "gym_scheduler",
+                   "--use_gym_env", "true", "--gym_env", "math_env"]  # fmt: skip
+    assert msswift_examples.rollout_command(msswift_examples.FIXTURES / "internal__transformers.sh") is None
+    found = 0
+    for script in sorted(msswift_examples.FIXTURES.glob("*.sh")):
+        argv = msswift_examples.rollout_command(script)
+        if argv is None or msswift_examples.placeholder(argv):
+            continue
+        parsed = rollout.parse(msswift_examples.swap_model_and_dataset(argv, "some/model", ""))
+        assert parsed.model == "some/model"
+        found += 1
+    assert found == 14

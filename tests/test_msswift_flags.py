@@ -92,7 +92,6 @@ def test_ms_swift_spellings_reach_the_config(tmp_path):
 #: The example command lines refused at parse time on this CPU-only machine, and the reason each names.
 EXPECTED_REFUSALS = {
     "external__agent.sh": "--agent_template react_grpo is not built yet: ms-swift.s agent templates",
-    "external__vllm_gym.sh": "rewards from a rollout server's own multi-turn scheduler .* are not built here",
     "internal__chord.sh": r"CHORD \(GRPO mixed with an SFT loss\) is another algorithm",
     "internal__fipo.sh": "FIPO is another algorithm",
     "internal__qlora.sh": "--quant_method bnb is not supported here",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, RolloutServer, assert_clean_error, free_port, override_flags, read_metrics, swift, swift_in_process
+from helpers import REPO, RolloutServer, assert_clean_error, free_port, override_flags, read_metrics, swift, swift_in_process, without_flags
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]  # every test starts an engine or the CLI
 
@@ -261,6 +261,64 @@ def test_server_multi_turn_samples_what_the_trainer_scores(server, tmp_path):
     out = tmp_path / "out"
     result = swift("rlhf", *_server_flags(server), *MULTI_TURN_RUN, "--output_dir", out, cwd=tmp_path)
     _check_multi_turn_vllm_run(result, out)
+
+
+GYM_PLUGIN = """\
+# An ms-swift plugin file: the environment registers in swift's envs and runs inside the rollout server.
+from swift.rollout.gym_env import Env, envs
+
+
+class SumEnv(Env):
+    \"\"\"Asks the row's sum, then once more; a reply earns 1 if it holds the answer, else 0.1 per digit.\"\"\"
+
+    def __init__(self, env_config):
+        super().__init__(env_config)
+        self.turns = 0
+
+    async def reset(self, config):
+        self.answer = config.data_dict["answer"]  # on the server only with --vllm_server_pass_dataset true
+        return config.messages[-1]["content"], {}, ""
+
+    async def step(self, messages):
+        self.turns += 1
+        reply = messages[-1]["content"]
+        reward = 1.0 if self.answer in reply else 0.1 * sum(ch.isdigit() for ch in reply)
+        return " Again:", reward, self.turns >= 2, {}
+
+    async def close(self):
+        pass
+
+
+envs["sum_env"] = SumEnv
+"""
+
+
+def test_a_server_side_gym_scheduler_runs_the_turns_and_its_reward_trains(tmp_path):
+    """ms-swift's server-side multi-turn (examples/train/grpo/external/vllm_gym.sh): `swift rollout` runs the
+    scheduler and the environment; the trainer, given no reward function, trains on the environment's reward."""
+    plugin = tmp_path / "sum_env.py"
+    plugin.write_text(GYM_PLUGIN)
+    srv = RolloutServer(tmp_path, free_port(), "--external_plugins", plugin, "--multi_turn_scheduler", "gym_scheduler",
+                        "--max_turns", "3", "--use_gym_env", "true", "--gym_env", "sum_env")  # fmt: skip
+    run = [*_server_flags(srv), "--model", DEMO_MODEL, "--dataset", DEMO_MODEL.parent / "addition.jsonl",
+           *without_flags(MULTI_TURN_RUN, ["multi_turn_scheduler", "max_turns"])]  # fmt: skip
+    try:
+        both = swift("rlhf", *run, "--multi_turn_scheduler", "math_tip_trick", "--output_dir", tmp_path / "both", cwd=tmp_path)
+        assert_clean_error(both, f"the rollout server at 127.0.0.1:{srv.port} runs multi-turn scheduler gym_scheduler itself")
+        without_data = swift("rlhf", *run, "--output_dir", tmp_path / "no_data", cwd=tmp_path)
+        assert without_data.returncode == 1, without_data.stderr[-3000:]
+        assert "Traceback" not in without_data.stderr
+        assert "multi-turn scheduler gym_scheduler failed: KeyError: 'answer'; dataset columns reach the server's " \
+               "scheduler only with --vllm_server_pass_dataset true" in without_data.stderr, without_data.stderr[-3000:]
+        out = tmp_path / "out"
+        result = swift("rlhf", *run, "--vllm_server_pass_dataset", "true", "--output_dir", out, cwd=tmp_path)
+    finally:
+        srv.stop()
+    _check_multi_turn_vllm_run(result, out)
+    metrics = [m for m in read_metrics(out) if "rewards/gym_reward/mean" in m]
+    assert len(metrics) == 3 and max(m["rewards/gym_reward/mean"] for m in metrics) > 0
+    assert not any(key.startswith("rewards/") and "gym_reward" not in key for m in metrics for key in m)  # the only reward
+    assert max(m["multi_turn/turns"] for m in metrics) == 2.0  # the environment ends every episode after two replies
 
 
 def test_server_dying_mid_run_stops_training_and_keeps_the_checkpoint(server, tmp_path):

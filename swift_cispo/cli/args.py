@@ -165,6 +165,13 @@ class RLHFArguments:
         default="grpo",
         metadata={"help": "RL algorithm family; CISPO is a loss of it (--loss_type cispo).", "choices": ["grpo"]},
     )
+    scaling_fit: bool = field(
+        default=False,
+        metadata={"help": "Fit ScaleRL's saturating curve R0 + (A - R0) / (1 + (C_mid / C)^B) to the pass rate "
+                  "(eval_reward when evaluating, else reward) against the rollouts' tokens as training goes: logs "
+                  "fit/A, fit/A_err, fit/B, fit/C_mid every 5 points once there are 7, writes scaling_fit.json, and "
+                  "draws scaling_fit.png at the end. Compare finished runs with `swift fit RUN_DIR...`."},
+    )
     reward_funcs: list[str] | None = field(
         default=None,
         metadata={
@@ -311,6 +318,7 @@ TRAINING_FLAGS = (
     "max_turns",
     "use_gym_env",
     "gym_env",
+    "vllm_server_pass_dataset",
     "vllm_gpu_memory_utilization",
     "vllm_max_model_length",
     "vllm_tensor_parallel_size",
@@ -419,6 +427,7 @@ ALIASES = {
     "tuner_type": "train_type",
     "vllm_max_model_len": "vllm_max_model_length",
     "vllm_server_group_port": "vllm_group_port",
+    "data_parallel_size": "vllm_data_parallel_size",  # swift rollout's engine replicas
     "overlong_filter": "mask_truncated_completions",  # ms-swift: truncated completions take no part in the loss
     "tau_pos": "sapo_temperature_pos",  # SAPO's gate temperatures, ms-swift's names
     "tau_neg": "sapo_temperature_neg",

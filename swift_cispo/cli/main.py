@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "rlhf": "train a policy with CISPO or another GRPO-family loss",
     "rollout": "serve a model with vLLM for --vllm_mode server",
     "export": "merge a LoRA adapter into its base model (--adapters DIR --merge_lora true)",
+    "fit": "fit ScaleRL's saturating curve to runs' pass rate and compare them (swift fit RUN_DIR...)",
 }
 
 USAGE = "usage: swift <subcommand> [flags]\n\nsubcommands:\n" + "\n".join(
@@ -62,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
             from . import export
 
             return export.run(rest)
+        if command == "fit":
+            from . import fit
+
+            return fit.run(rest)
         from . import rlhf
 
         return rlhf.run(rest)

@@ -82,11 +82,6 @@ class MsSwiftArguments:
         metadata={"help": "ms-swift: give vLLM the LoRA adapter instead of merged weights. Accepted; LoRA runs sync "
                   "merged weights here, which generates the same tokens."},
     )
-    vllm_server_pass_dataset: bool = field(
-        default=False,
-        metadata={"help": "ms-swift: send the rows' extra columns to the rollout server, for multi-turn schedulers. "
-                  "Accepted; schedulers run in the trainer here, where every row's columns already are (data_dict)."},
-    )
     log_entropy: bool = field(
         default=False,
         metadata={"help": "Log the completion tokens' entropy. Always on here: the 'entropy' metric is logged every step."},
@@ -182,7 +177,6 @@ def apply(ms, model_args, data_args, train_args, given: set[str]) -> list[str]:
     for name, text in (("padding_free", "batches are padded here (same loss, no memory saved)"),
                        ("move_model_batches", "weights are synced to vLLM as one state dict or by --vllm_weight_transport"),
                        ("vllm_enable_lora", "LoRA runs sync merged weights to vLLM"),
-                       ("vllm_server_pass_dataset", "multi-turn schedulers run in the trainer, where the rows' columns already are"),
                        ("log_entropy", "entropy is always logged"),
                        ("log_rollout_offpolicy_metrics", "every vLLM rollout logs sampling/sampling_logp_difference/mean and /max; ms-swift's KL/PPL/chi-squared diagnostics are not computed")):
         if name in given and getattr(ms, name) not in (None, False):

@@ -96,6 +96,8 @@ RANGES: dict[str, Range] = {
     "vllm_gpu_memory_utilization": Range(low=0, low_open=True, high=1),
     "vllm_max_model_length": AT_LEAST_ONE,
     "vllm_tensor_parallel_size": AT_LEAST_ONE,
+    "vllm_data_parallel_size": AT_LEAST_ONE,
+    "vllm_max_lora_rank": AT_LEAST_ONE,
     # optimisation
     "per_device_train_batch_size": AT_LEAST_ONE,
     "per_device_eval_batch_size": AT_LEAST_ONE,

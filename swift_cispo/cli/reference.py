@@ -1,4 +1,4 @@
-"""The ``swift rlhf``, ``swift rollout`` and ``swift export`` flag reference (docs/cli.md), rendered from the argument dataclasses."""
+"""The ``swift rlhf``, ``swift rollout``, ``swift export`` and ``swift fit`` flag reference (docs/cli.md), rendered from the argument dataclasses."""
 
 from __future__ import annotations
 
@@ -46,10 +46,11 @@ def _table(cls) -> list[str]:
 def render() -> str:
     from .msswift import MsSwiftArguments
     from .export import ExportArguments
+    from .fit import FitArguments
     from .rollout import RolloutArguments
 
     lines = [
-        "# `swift rlhf`, `swift rollout` and `swift export` flags",
+        "# `swift rlhf`, `swift rollout`, `swift export` and `swift fit` flags",
         "",
         "Generated from the argument dataclasses by `python scripts/gen_cli_reference.py`; a test checks that",
         "this file is current. Every flag can also be a key of a YAML/JSON config file",
@@ -79,6 +80,11 @@ def render() -> str:
         "Merges a LoRA adapter into its base model (see docs/distributed.md).",
         "",
         *_table(ExportArguments),
+        "# `swift fit` flags",
+        "",
+        "`swift fit RUN_DIR [RUN_DIR ...]`: ScaleRL's saturating curve fitted to each run's pass rate (see docs/scaling_fit.md).",
+        "",
+        *_table(FitArguments),
     ]
     return "\n".join(lines) + "\n"
 

@@ -59,12 +59,6 @@ def parse(argv: list[str]):
     notes = msswift.check_declared(declared)  # ms-swift flags: their default accepted, another value refused
     check_ranges(model_args, data_args, rlhf_args, train_args, ms_args)  # before anything is loaded
     notes += msswift.apply(ms_args, model_args, data_args, train_args, given)
-    if ms_args.vllm_server_pass_dataset and not (rlhf_args.reward_funcs or rlhf_args.reward_model or train_args.use_gym_env):
-        raise UserError(
-            "no reward is given, and rewards from a rollout server's own multi-turn scheduler (ms-swift's `swift rollout "
-            "--multi_turn_scheduler` with --vllm_server_pass_dataset) are not built here; run the scheduler in the "
-            "trainer instead: --multi_turn_scheduler gym_scheduler --use_gym_env true (or name --reward_funcs)"
-        )
     from ..distributed.launch import launch_plan
 
     if launch_plan(needs_launcher=bool(train_args.deepspeed)) is None:  # a launcher leaves the telling to its workers
@@ -153,7 +147,7 @@ def run(argv: list[str]) -> int:
         strategy = _strategy(config.eval_strategy)
         when = f"every {config.eval_steps:g} steps" if strategy == "steps" else f"(eval_strategy {strategy})"
         logger.info("holding out %d of %d rows for evaluation %s", len(eval_dataset), len(dataset) + len(eval_dataset), when)
-    return _train(model, tokenizer, reward_funcs, config, dataset, output_dir, eval_dataset, peft_config)
+    return _train(model, tokenizer, reward_funcs, config, dataset, output_dir, eval_dataset, peft_config, rlhf_args.scaling_fit)
 
 
 def _refuse_empty_run(config, dataset) -> None:
@@ -260,10 +254,19 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, rlhf_args: RLH
     from .reward_models import reward_model_specs
 
     models = reward_model_specs(rlhf_args.reward_model, rlhf_args.reward_model_plugin)
-    if not rlhf_args.reward_funcs and not models and not getattr(train_args, "use_gym_env", False):
+    if not rlhf_args.reward_funcs and not models and not getattr(train_args, "use_gym_env", False) and not _server_gym_reward(train_args):
         raise UserError(f"--reward_funcs is required: name at least one reward (available: {', '.join(sorted(orms))}), or give --reward_model")
     reward_funcs = [reward_function(name, reward_options(rlhf_args, train_args)) for name in rlhf_args.reward_funcs or []]
     return columns, peft_config, [*reward_funcs, *models]  # reward models load with the policy (load_reward_models)
+
+
+def _server_gym_reward(train_args) -> bool:
+    """Server mode: whether the rollout server runs a gym environment, whose total reward is then the reward
+    (ms-swift's `swift rollout --use_gym_env true`); asked only when no other reward is given."""
+    from ..trainers.multi_turn import server_scheduler
+
+    served = server_scheduler(train_args)
+    return bool(served and served.get("use_gym_env"))
 
 
 def build_config(train_args, output_dir: Path, num_rewards: int, world_size: int | None = None, template=None):
@@ -325,7 +328,8 @@ def _strategy(value) -> str:
     return str(getattr(value, "value", value))
 
 
-def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path, eval_dataset=None, peft_config=None) -> int:
+def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path, eval_dataset=None, peft_config=None,
+           scaling_fit: bool = False) -> int:
     from transformers.trainer_callback import ProgressCallback
 
     from ..records import CURVES_FILE, METRICS_FILE, MetricsFileCallback
@@ -344,7 +348,7 @@ def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path, ev
             args=config,
             train_dataset=dataset,
             eval_dataset=eval_dataset,
-            callbacks=[metrics],
+            callbacks=[*_fit_callback(scaling_fit, output_dir), metrics],  # the fit first: the metrics file records its values
             peft_config=peft_config,
         )
     except ValueError as err:
@@ -377,6 +381,14 @@ def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path, ev
         _summarise(metrics.records, output_dir / METRICS_FILE, output_dir / CURVES_FILE)
     _leave_process_group()
     return 0
+
+
+def _fit_callback(wanted: bool, output_dir: Path) -> list:
+    if not wanted:
+        return []
+    from ..scaling import ScalingFitCallback
+
+    return [ScalingFitCallback(output_dir, logger)]
 
 
 def _leave_process_group() -> None:

@@ -55,6 +55,57 @@ class RolloutArguments:
     vllm_enable_prefix_caching: bool = field(
         default=True, metadata={"help": "Reuse KV cache across prompts that share a prefix (dropped on every weight update)."}
     )
+    vllm_data_parallel_size: int = field(
+        default=1,
+        metadata={"help": "ms-swift: engine replicas, each on its own GPUs, for throughput. Accepted; one engine serves "
+                  "every request here (the same rollouts, less throughput). Alias: --data_parallel_size."},
+    )
+    vllm_use_async_engine: bool | None = field(
+        default=None,
+        metadata={"help": "ms-swift: serve with vLLM's async engine (its multi-turn schedulers need it). Accepted, no "
+                  "effect: this server batches the turns of every waiting request itself."},
+    )
+    vllm_enable_lora: bool = field(
+        default=False,
+        metadata={"help": "ms-swift: load the trainer's LoRA adapter rather than merged weights. Accepted, no effect: "
+                  "trainers here push merged weights, which generate the same tokens."},
+    )
+    vllm_max_lora_rank: int = field(default=16, metadata={"help": "ms-swift: with --vllm_enable_lora. Accepted, no effect."})
+    external_plugins: list[str] | None = field(
+        default=None,
+        metadata={"help": "Python files run at start-up, before the scheduler is looked up: they register multi-turn "
+                  "schedulers (swift.plugin's multi_turns) and gym environments (envs); ms-swift plugin files run "
+                  "unchanged. Code runs only from files named here."},
+    )
+    multi_turn_scheduler: str | None = field(
+        default=None,
+        metadata={"help": "Run multi-turn rollouts here, on the server (ms-swift's server mode): the registered "
+                  "scheduler's name (built in: math_tip_trick, gym_scheduler). A trainer connecting to this server "
+                  "(--vllm_mode server) gets whole trajectories: the environment's text is in their context but not "
+                  "in their loss. Send the rows' columns with the trainer's --vllm_server_pass_dataset true."},
+    )
+    max_turns: int | None = field(
+        default=None, metadata={"help": "--multi_turn_scheduler: most model turns per trajectory (None: until the scheduler stops it)."}
+    )
+    use_gym_env: bool = field(
+        default=False,
+        metadata={"help": "--multi_turn_scheduler gym_scheduler: the environment's total reward is a reward of the "
+                  "trainers that connect (added to their --reward_funcs; with none, it is the only reward)."},
+    )
+    gym_env: str | None = field(
+        default=None,
+        metadata={"help": "Registered environment (envs) gym_scheduler starts for a row without an env_config name."},
+    )
+    enable_thinking: bool | None = field(
+        default=None,
+        metadata={"help": "Chat templates with a thinking switch (Qwen3): the server-side scheduler's default; the "
+                  "trainer's --enable_thinking, when given, is sent with each request and wins."},
+    )
+    max_length: int | None = field(
+        default=None,
+        metadata={"help": "ms-swift: longest prompt the template keeps. Accepted, no effect: prompts arrive from a "
+                  "trainer already cut to its --max_length; --vllm_max_model_length bounds prompt + completion here."},
+    )
     seed: int = field(default=0, metadata={"help": "Sampling seed of the engine."})
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow the model folder's own Python code to run. Off unless asked for."}
@@ -85,7 +136,42 @@ def parse(argv: list[str]) -> RolloutArguments:
         raise UserError(f"--vllm_tensor_parallel_size must be >= 1; got {args.vllm_tensor_parallel_size}")
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be in 1..65535; got {args.port}")
+    if args.multi_turn_scheduler is None:
+        for name in ("max_turns", "use_gym_env", "gym_env"):
+            if getattr(args, name):
+                raise UserError(f"--{name} configures the server's multi-turn rollouts; give --multi_turn_scheduler too")
     return args
+
+
+def notes(args: RolloutArguments) -> list[str]:
+    """The ms-swift flags given that change nothing here, each with why (logged, never silent)."""
+    said = []
+    if args.vllm_data_parallel_size > 1:
+        said.append(f"--vllm_data_parallel_size {args.vllm_data_parallel_size}: one engine serves every request here "
+                    "(the same rollouts, less throughput)")
+    for name, why in (("vllm_use_async_engine", "this server batches the turns of every waiting request itself"),
+                      ("vllm_enable_lora", "trainers here push merged weights"),
+                      ("max_length", "prompts arrive already cut to the trainer's --max_length")):
+        if getattr(args, name):
+            said.append(f"--{name}: no effect here: {why}")
+    return said
+
+
+def server_scheduler(args: RolloutArguments):
+    """The multi-turn scheduler this server runs, checked before vLLM starts: plugins loaded, its name and its
+    environment's looked up (one sentence each when unknown)."""
+    from .. import plugins
+    from ..generation.server import ServerScheduler
+    from ..rollout.gym_env import env_class
+    from ..rollout.multi_turn import scheduler_class
+
+    plugins.load_plugins(args.external_plugins)
+    if args.multi_turn_scheduler is None:
+        return None
+    scheduler_class(args.multi_turn_scheduler)
+    if args.gym_env:
+        env_class(args.gym_env)
+    return ServerScheduler(args.multi_turn_scheduler, args.max_turns, args.gym_env, args.use_gym_env, args.enable_thinking)
 
 
 def _port_is_free(host: str, port: int) -> bool:
@@ -105,6 +191,9 @@ def run(argv: list[str]) -> int:
     from .model import check_model_source
 
     check_model_source(args.model, args.trust_remote_code)
+    scheduler = server_scheduler(args)
+    for note in notes(args):
+        logger.warning("ms-swift flag %s", note)
     if not _port_is_free(args.host, args.port):
         raise UserError(f"port {args.port} on {args.host} is already in use; pick another with --port")
     from ..generation.auth import server_key
@@ -144,7 +233,10 @@ def run(argv: list[str]) -> int:
     except (ValueError, RuntimeError, OSError) as err:
         reason = first_line(err)
         raise UserError(f"vLLM could not start {args.model}: {reason}") from None
-    engine = RolloutEngine(llm, args.model, host=args.host)
+    engine = RolloutEngine(llm, args.model, host=args.host, scheduler=scheduler)
+    if scheduler is not None:
+        logger.info("multi-turn rollouts run here: scheduler %s, at most %s turns%s", scheduler.name,
+                    scheduler.max_turns or "unlimited", f", gym environment {scheduler.gym_env}" if scheduler.gym_env else "")
     logger.info("serving %s on http://%s:%d (train with --use_vllm true --vllm_mode server --vllm_server_host %s "
                 "--vllm_server_port %d)", args.model, args.host, args.port, args.host, args.port)
     _log_key(key, generated_in)

@@ -23,7 +23,8 @@ class RolloutServerError(ReportedError, RuntimeError):
 
 
 class RolloutServerRefused(RolloutServerError, UserError):
-    """The server answered but refused: a missing or wrong API key (401), or not a rollout server at all (404).
+    """The server answered but refused: a missing or wrong API key (401), not a rollout server at all (404), or a
+    request it cannot serve as asked (400, e.g. a multi-turn scheduler that rewrites its prompt).
 
     The user's settings are wrong, not the environment: an error of the command line (exit 2).
     """
@@ -98,9 +99,10 @@ class RolloutClient:
         refused = refusal(response.status_code, self.host, self.port, path.split("?")[0], self.api_key)
         if refused:
             raise RolloutServerRefused(refused)
+        if response.status_code == 400:  # the server refused what was asked (e.g. a scheduler's misuse): the user's to fix
+            raise RolloutServerRefused(_detail(response))
         if response.status_code != 200:
-            detail = response.text.strip().splitlines()[-1] if response.text.strip() else f"HTTP {response.status_code}"
-            raise RolloutServerError(f"the rollout server at {self.host}:{self.port} failed while {what}: {detail}")
+            raise RolloutServerError(f"the rollout server at {self.host}:{self.port} failed while {what}: {_detail(response)}")
         return response
 
     def wait_until_up(self, poll_interval: float = 1.0) -> dict:
@@ -157,6 +159,11 @@ class RolloutClient:
             "generation_kwargs": generation_kwargs or {},
         }
         return self._request("POST", "/generate", "generating completions", json=payload).json()
+
+    def trajectories(self, payload: dict) -> list[dict]:
+        """Multi-turn rollouts run by the server's scheduler (``swift rollout --multi_turn_scheduler``): rows of
+        ``messages`` (and ``data_dict``) in, one finished trajectory per row out (see ``RolloutEngine.trajectories``)."""
+        return self._request("POST", "/trajectories", "running multi-turn trajectories", json=payload).json()["trajectories"]
 
     def init_group(self, backend: str, group_port: int, device: str = "cpu") -> None:
         """Join a two-member NCCL (CUDA) or gloo (CPU) group with the server; later updates broadcast over it."""
@@ -216,3 +223,15 @@ class RolloutClient:
 
     def close_communicator(self) -> None:  # TRL calls this on shutdown; HTTP needs no teardown
         self.session.close()
+
+
+def _detail(response) -> str:
+    """The server's own sentence for a failed request (FastAPI's ``{"detail": ...}``), else its last line."""
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = None
+    if isinstance(detail, str) and detail:
+        return detail
+    text = response.text.strip()
+    return text.splitlines()[-1] if text else f"HTTP {response.status_code}"

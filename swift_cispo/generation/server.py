@@ -13,6 +13,11 @@ Endpoints (JSON unless noted):
 - ``POST /weights/group/init`` (join a NCCL/gloo group on the given port, listening on the server's
   own ``--host``) -> ``/weights/group/update`` (names, dtypes, shapes; then one broadcast per tensor)
   -> ``/weights/group/finish``: the same update over the collective transport.
+- ``POST /trajectories`` (a server started with ``--multi_turn_scheduler``, ms-swift's server-side multi-turn):
+  conversation rows in (``messages``, and ``data_dict`` when the trainer passes the dataset), one finished
+  trajectory per row out: its first prompt's tokens, the rest as the completion, which of those tokens the
+  policy sampled (``env_mask``), their log-probs, the scheduler's ``rollout_infos`` and the final reply.
+  The scheduler's turns from every waiting request are generated in batches, each batch under the lock.
 - ``POST /reset_prefix_cache``.
 
 Requests are served one at a time (a lock around the engine): a trainer generates, then pushes, then
@@ -23,21 +28,39 @@ Every endpoint but ``/health`` answers 401 unless the request carries the server
 """
 
 
+import asyncio
 import itertools
 import math
 import logging
 import threading
+import uuid
+from dataclasses import dataclass
 
 logger = logging.getLogger("swift_cispo")
+
+
+@dataclass(frozen=True)
+class ServerScheduler:
+    """``swift rollout --multi_turn_scheduler NAME --max_turns N [--gym_env ENV --use_gym_env true]``."""
+
+    name: str
+    max_turns: int | None = None
+    gym_env: str | None = None
+    use_gym_env: bool = False
+    enable_thinking: bool | None = None  # the chat template's default, when the trainer sends none
+
+    def describe(self) -> dict:
+        return {"scheduler": self.name, "max_turns": self.max_turns, "gym_env": self.gym_env, "use_gym_env": self.use_gym_env}
 
 
 class RolloutEngine:
     """A ``vllm.LLM`` plus the bookkeeping of weight updates; everything here is called under one lock."""
 
-    def __init__(self, llm, model: str, host: str = "127.0.0.1"):
+    def __init__(self, llm, model: str, host: str = "127.0.0.1", scheduler: ServerScheduler | None = None):
         self.llm = llm
         self.model = model
         self.host = host  # the address the server listens on: the weight-transfer group listens there too
+        self.scheduler = scheduler
         self.lock = threading.Lock()
         self.weight_version = -1
         self._pending: dict[int, list] = {}
@@ -54,27 +77,21 @@ class RolloutEngine:
             "max_model_len": config.max_model_len,
             "model_config": {"logprobs_mode": str(getattr(config, "logprobs_mode", "processed_logprobs"))},
             "weight_version": self.weight_version,
+            "multi_turn": self.scheduler.describe() if self.scheduler else None,
         }
 
     def generate(self, request: dict) -> dict:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = dict(
-            n=request["n"],
-            repetition_penalty=request["repetition_penalty"],
-            temperature=request["temperature"],
-            top_p=request["top_p"],
-            top_k=request["top_k"] if request["top_k"] is not None else 0,
-            min_p=request["min_p"] if request["min_p"] is not None else 0.0,
-            max_tokens=request["max_tokens"],
-            logprobs=request["logprobs"],
-        )
+        params = _sampling(request)
+        extra = params.pop("generation_kwargs")
+        params.update(n=request["n"], max_tokens=request["max_tokens"], logprobs=request["logprobs"])
         if request.get("structured_outputs_regex"):
             from vllm.sampling_params import StructuredOutputsParams
 
             params["structured_outputs"] = StructuredOutputsParams(regex=request["structured_outputs_regex"])
-        params.update(request.get("generation_kwargs") or {})
+        params.update(extra)
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=ids) for ids in request["prompts"]], SamplingParams(**params), use_tqdm=False
         )
@@ -98,6 +115,62 @@ class RolloutEngine:
             "logprob_token_ids": logprob_token_ids,
             "weight_version": self.weight_version,
         }
+
+    # -------------------------------------------------------------- multi-turn trajectories (server-side scheduler)
+    def trajectories(self, request: dict) -> dict:
+        """Run the server's scheduler over ``request["rows"]``; called outside the lock (each batch of turns takes it)."""
+        from ..rollout.engine import TrajectoryEngine, one_output_each, run_trajectories, trajectory_record
+        from ..rollout.multi_turn import make_scheduler
+        from ..rollout.protocol import RequestConfig, RolloutInferRequest
+
+        if self.scheduler is None:
+            raise ValueError("this rollout server runs no multi-turn scheduler; start it with --multi_turn_scheduler NAME")
+        tokenizer = self.llm.get_tokenizer()
+        limit = int(request["max_tokens"])
+        sampling = _sampling(request)
+        engine = TrajectoryEngine(
+            tokenizer,
+            generate_batch=lambda prompts, limits: self._generate_turns(prompts, limits, sampling),
+            max_completion_length=limit,
+            eos_token_ids=[tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [],
+            chat_template_kwargs=self._template_kwargs(request),
+            scheduler_name=self.scheduler.name,
+            model_name=self.model,
+        )
+        scheduler = make_scheduler(self.scheduler.name, self.scheduler.max_turns, tokenizer, self.scheduler.gym_env)
+        scheduler.infer_engine = engine
+        requests = [
+            RolloutInferRequest(messages=[dict(m) for m in row["messages"]], data_dict=dict(row.get("data_dict") or {}), uuid=uuid.uuid4().hex)
+            for row in request["rows"]
+        ]
+        config = RequestConfig(
+            max_tokens=limit, temperature=sampling["temperature"], top_p=sampling["top_p"], top_k=sampling["top_k"],
+            repetition_penalty=sampling["repetition_penalty"], logprobs=True, n=1,
+        )  # fmt: skip
+        outputs = asyncio.run(run_trajectories(scheduler, engine, requests, config))  # this worker thread's own loop
+        one_output_each(outputs, self.scheduler.name)
+        records = [trajectory_record(o, engine.trajectories[r.uuid], tokenizer, limit) for o, r in zip(outputs, requests)]
+        for record in records:  # JSON has no NaN/inf: a missing sampler log-prob travels as None
+            record["logprobs"] = [lp if math.isfinite(lp) else None for lp in record["logprobs"]]
+        return {"trajectories": records, "weight_version": self.weight_version}
+
+    def _template_kwargs(self, request: dict) -> dict:
+        kwargs = {} if self.scheduler.enable_thinking is None else {"enable_thinking": self.scheduler.enable_thinking}
+        return {**kwargs, **(request.get("chat_template_kwargs") or {})}
+
+    def _generate_turns(self, prompts: list[list[int]], limits: list[int], sampling: dict) -> list:
+        """One batch of turns (each its own token budget), under the engine lock: weights never change mid-batch."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        from ..rollout.engine import sampled_logprobs
+
+        base = {**sampling, "n": 1, "logprobs": 0}
+        base.update(base.pop("generation_kwargs", None) or {})
+        params = [SamplingParams(**{**base, "max_tokens": limit}) for limit in limits]
+        with self.lock:
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        return [(list(o.outputs[0].token_ids), sampled_logprobs(o.outputs[0])) for o in outputs]
 
     def begin_update(self) -> int:
         session = next(self._session_ids)
@@ -169,6 +242,18 @@ class RolloutEngine:
         self.llm.reset_prefix_cache()  # cached KV entries were computed with the old weights
         self.weight_version = self.weight_version + 1 if version is None else int(version)
         return len(weights)
+
+
+def _sampling(request: dict) -> dict:
+    """A request's sampling settings as vLLM's SamplingParams take them (None: vLLM's 'off')."""
+    return dict(
+        repetition_penalty=request["repetition_penalty"],
+        temperature=request["temperature"],
+        top_p=request["top_p"],
+        top_k=request["top_k"] if request["top_k"] is not None else 0,
+        min_p=request["min_p"] if request.get("min_p") is not None else 0.0,
+        generation_kwargs=request.get("generation_kwargs") or {},
+    )
 
 
 def build_app(engine: RolloutEngine, api_key: str):
@@ -248,6 +333,22 @@ def build_app(engine: RolloutEngine, api_key: str):
             raise HTTPException(status_code=500, detail=str(err)) from None
         logger.info("weights updated to version %s over the group", version)
         return {"weight_version": version}
+
+    @app.post("/trajectories")
+    def trajectories(request: dict):
+        from ..errors import UserError
+
+        try:
+            return JSONResponse(engine.trajectories(request))
+        except (UserError, ValueError) as err:  # the scheduler or the request, as asked, cannot run: the user's to fix
+            raise HTTPException(status_code=400, detail=str(err)) from None
+        except Exception as err:  # a plugin's scheduler or environment failed: its error, in one line, with where
+            name = engine.scheduler.name if engine.scheduler else "none"
+            hint = "" if request.get("rows") and any(row.get("data_dict") for row in request["rows"]) else (
+                "; dataset columns reach the server's scheduler only with --vllm_server_pass_dataset true")
+            raise HTTPException(
+                status_code=500, detail=f"multi-turn scheduler {name} failed: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}{hint}"
+            ) from None
 
     @app.post("/reset_prefix_cache")
     def reset_prefix_cache():

@@ -147,3 +147,43 @@ async def run_trajectories(scheduler, engine: TrajectoryEngine, requests: list, 
             engine.maybe_flush()  # the others may all be waiting on this one
 
     return await asyncio.gather(*(one(request) for request in requests))
+
+
+def sampled_logprobs(completion) -> list[float] | None:
+    """vLLM's log-prob of each sampled token (requested with ``logprobs=0``), or None when not requested."""
+    if completion.logprobs is None:
+        return None
+    return [step[token].logprob for step, token in zip(completion.logprobs, completion.token_ids)]
+
+
+def final_reply(output, tokenizer, trajectory: Trajectory) -> str:
+    """What the reward functions score: the conversation's last assistant message (ms-swift's convention)."""
+    for message in reversed(output.messages or []):
+        if message.get("role") == "assistant":
+            return message.get("content") or ""
+    return tokenizer.decode(trajectory.completion_ids, skip_special_tokens=True)
+
+
+def one_output_each(outputs: list, scheduler: str) -> None:
+    """A scheduler's ``run`` must give one RolloutOutput per request; refuse a list (one sample per turn)."""
+    for output in outputs:
+        if isinstance(output, list):
+            from ..errors import UserError
+
+            raise UserError(
+                f"multi-turn scheduler {scheduler} returned {len(output)} outputs for one trajectory; splitting a "
+                "trajectory into several training samples is not built here: return one RolloutOutput per request"
+            )
+
+
+def trajectory_record(output, trajectory: Trajectory, tokenizer, limit: int) -> dict:
+    """One trajectory as training needs it: the first prompt's tokens, the rest as the completion (cut at
+    ``limit``), which of those tokens the policy sampled, their log-probs, the scheduler's infos and the reply."""
+    return {
+        "prompt_ids": trajectory.token_ids[: trajectory.prompt_length],
+        "completion_ids": trajectory.completion_ids[:limit],
+        "env_mask": trajectory.trained[:limit],
+        "logprobs": trajectory.logprobs[:limit],
+        "rollout_infos": dict(output.rollout_infos),
+        "reply": final_reply(output, tokenizer, trajectory),
+    }

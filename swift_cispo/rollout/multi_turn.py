@@ -359,3 +359,12 @@ def scheduler_class(name: str) -> type:
             "request (step and check_finished, or run) train"
         )
     return cls
+
+
+def make_scheduler(name: str, max_turns: int | None, tokenizer, gym_env: str | None = None):
+    """A new instance of the scheduler ``name`` (one per rollout: it may hold per-trajectory state); its
+    ``infer_engine`` is set by the caller."""
+    options = {"tokenizer": tokenizer}
+    if gym_env:
+        options["gym_env"] = gym_env
+    return scheduler_class(name)(infer_engine=None, max_turns=max_turns, **options)

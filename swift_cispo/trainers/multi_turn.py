@@ -20,8 +20,8 @@ import uuid
 import torch
 
 from ..errors import UserError
-from ..rollout.engine import TrajectoryEngine, run_trajectories
-from ..rollout.multi_turn import scheduler_class
+from ..rollout.engine import TrajectoryEngine, one_output_each, run_trajectories, sampled_logprobs, trajectory_record
+from ..rollout.multi_turn import make_scheduler, scheduler_class
 from ..rollout.protocol import RequestConfig, RolloutInferRequest
 
 def with_multi_turn(config, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -32,13 +32,55 @@ def with_multi_turn(config, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     kwargs["rollout_func"] = multi_turn_rollout
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # TRL's note on rollout_func; this use is ours, and tested
     if config.use_gym_env:
-        args = list(args)
-        if len(args) >= 2:
-            args[1] = [*_as_list(args[1]), gym_reward]
-        else:
-            kwargs["reward_funcs"] = [*_as_list(kwargs.get("reward_funcs")), gym_reward]
-        args = tuple(args)
+        args, kwargs = _with_gym_reward(args, kwargs)
     return args, kwargs
+
+
+def server_scheduler(config) -> dict | None:
+    """Server mode: the multi-turn scheduler the rollout server runs (its /info's ``multi_turn``), or None.
+    Waits for the server as the rollout backend would (--vllm_server_timeout)."""
+    if not (config.use_vllm and config.vllm_mode == "server"):
+        return None
+    from ..generation.auth import given_trainer_key
+    from ..generation.client import RolloutClient
+
+    key = given_trainer_key(config.vllm_server_api_key, config.vllm_server_api_key_file)
+    client = RolloutClient(config.vllm_server_host, config.vllm_server_port, timeout=config.vllm_server_timeout, api_key=key)
+    try:
+        return client.wait_until_up().get("multi_turn")
+    finally:
+        client.session.close()
+
+
+def with_server_multi_turn(config, served: dict, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """TRL's constructor arguments when the rollout server runs the scheduler (ms-swift's server mode): the
+    rollout function that asks it for whole trajectories, and the gym reward when it runs a gym environment."""
+    where = f"the rollout server at {config.vllm_server_host}:{config.vllm_server_port}"
+    if config.multi_turn_scheduler is not None:
+        raise UserError(
+            f"{where} runs multi-turn scheduler {served['scheduler']} itself, so --multi_turn_scheduler "
+            f"{config.multi_turn_scheduler} would run a second one here; drop --multi_turn_scheduler from the trainer "
+            "(the server's scheduler runs the turns, as in ms-swift's server mode)"
+        )
+    if config.async_generate:
+        raise UserError(f"{where} runs multi-turn scheduler {served['scheduler']}, whose turns follow the current "
+                        "weights; --async_generate cannot prefetch them, leave it off")
+    if kwargs.get("rollout_func") is not None:
+        raise ValueError(f"{where} runs the multi-turn scheduler; do not pass rollout_func as well")
+    kwargs["rollout_func"] = server_multi_turn_rollout
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    if served.get("use_gym_env"):
+        args, kwargs = _with_gym_reward(args, kwargs)
+    return args, kwargs
+
+
+def _with_gym_reward(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    args = list(args)
+    if len(args) >= 2:
+        args[1] = [*_as_list(args[1]), gym_reward]
+    else:
+        kwargs["reward_funcs"] = [*_as_list(kwargs.get("reward_funcs")), gym_reward]
+    return tuple(args), kwargs
 
 
 def _as_list(value) -> list:
@@ -56,11 +98,7 @@ def gym_reward(completions, rollout_infos=None, **kwargs) -> list[float]:
 
 def build_scheduler(trainer):
     args = trainer.args
-    cls = scheduler_class(args.multi_turn_scheduler)
-    options = {"tokenizer": trainer.processing_class}
-    if args.gym_env:
-        options["gym_env"] = args.gym_env
-    return cls(infer_engine=None, max_turns=args.max_turns, **options)
+    return make_scheduler(args.multi_turn_scheduler, args.max_turns, trainer.processing_class, args.gym_env)
 
 
 def as_messages(prompt) -> list[dict]:
@@ -71,11 +109,9 @@ def as_messages(prompt) -> list[dict]:
 
 
 def multi_turn_rollout(prompts: list, trainer) -> dict:
-    """TRL's ``rollout_func``: one trajectory per row of this process's generation batch."""
+    """TRL's ``rollout_func``: one trajectory per row of this process's generation batch, run here."""
     args = trainer.args
-    rows = trainer._rollout_rows
-    if rows is None or len(rows) != len(prompts):
-        raise RuntimeError("internal error: the multi-turn rollout lost its dataset rows")
+    rows = _rows(trainer, prompts)
     tokenizer = trainer.processing_class
     engine = TrajectoryEngine(
         tokenizer,
@@ -89,11 +125,7 @@ def multi_turn_rollout(prompts: list, trainer) -> dict:
     scheduler = trainer._multi_turn_scheduler
     scheduler.infer_engine = engine
     requests = [
-        RolloutInferRequest(
-            messages=as_messages(prompt),
-            data_dict={key: value for key, value in row.items() if key != "prompt"},
-            uuid=uuid.uuid4().hex,
-        )
+        RolloutInferRequest(messages=as_messages(prompt), data_dict=_columns(row), uuid=uuid.uuid4().hex)
         for prompt, row in zip(prompts, rows)
     ]
     config = RequestConfig(
@@ -102,36 +134,64 @@ def multi_turn_rollout(prompts: list, trainer) -> dict:
     )  # fmt: skip
     with _generation_context(trainer):
         outputs = asyncio.run(run_trajectories(scheduler, engine, requests, config))
-    for output in outputs:
-        if isinstance(output, list):
-            raise UserError(
-                f"multi-turn scheduler {args.multi_turn_scheduler} returned {len(output)} outputs for one trajectory; "
-                "splitting a trajectory into several training samples is not built here: return one RolloutOutput per request"
-            )
-    trajectories = [engine.trajectories[request.uuid] for request in requests]
+    one_output_each(outputs, args.multi_turn_scheduler)
     limit = args.max_completion_length
-    trainer._multi_turn_completions = [_final_reply(output, tokenizer, t) for output, t in zip(outputs, trajectories)]
-    trainer._metrics["train" if trainer.model.training else "eval"]["multi_turn/turns"].extend(
-        float(output.rollout_infos.get("num_turns", 1)) for output in outputs
-    )
-    result = {
-        "prompt_ids": [t.token_ids[: t.prompt_length] for t in trajectories],
-        "completion_ids": [t.completion_ids[:limit] for t in trajectories],
-        "env_mask": [t.trained[:limit] for t in trajectories],
-        "logprobs": [t.logprobs[:limit] for t in trajectories] if trainer.use_vllm else None,
-        "rollout_infos": [dict(output.rollout_infos) for output in outputs],
+    records = [trajectory_record(o, engine.trajectories[r.uuid], tokenizer, limit) for o, r in zip(outputs, requests)]
+    return training_batch(trainer, records, args.multi_turn_scheduler, with_logprobs=trainer.use_vllm)
+
+
+def server_multi_turn_rollout(prompts: list, trainer) -> dict:
+    """TRL's ``rollout_func`` when the rollout server runs the scheduler (``swift rollout --multi_turn_scheduler``,
+    ms-swift's server mode): each process sends its rows and gets their finished trajectories back. The
+    rows' other columns travel only with --vllm_server_pass_dataset, as in ms-swift."""
+    args = trainer.args
+    rows = _rows(trainer, prompts)
+    backend = trainer.vllm_generation
+    backend._push_weights()  # every process takes part (ZeRO-3 gathers); the main one sends
+    client = _client(backend)
+    payload = {
+        "rows": [
+            {"messages": as_messages(prompt), "data_dict": _columns(row) if args.vllm_server_pass_dataset else {}}
+            for prompt, row in zip(prompts, rows)
+        ],
+        "max_tokens": args.max_completion_length,
+        "chat_template_kwargs": getattr(trainer, "chat_template_kwargs", None) or {},
+        **_sampling(trainer),
     }
-    if not any(sum(mask) for mask in result["env_mask"]):
-        raise UserError(f"multi-turn scheduler {args.multi_turn_scheduler} produced no sampled tokens in this rollout (nothing to train on)")
-    return result
+    records = client.trajectories(payload)
+    backend.last_rollout_version = backend.weights_version
+    scheduler = trainer._server_scheduler["scheduler"]
+    return training_batch(trainer, records, f"{scheduler} (on the rollout server)", with_logprobs=True)
 
 
-def _final_reply(output, tokenizer, trajectory) -> str:
-    """What the reward functions score: the conversation's last assistant message (ms-swift's convention)."""
-    for message in reversed(output.messages or []):
-        if message.get("role") == "assistant":
-            return message.get("content") or ""
-    return tokenizer.decode(trajectory.completion_ids, skip_special_tokens=True)
+def _rows(trainer, prompts: list) -> list:
+    rows = trainer._rollout_rows
+    if rows is None or len(rows) != len(prompts):
+        raise RuntimeError("internal error: the multi-turn rollout lost its dataset rows")
+    return rows
+
+
+def _columns(row: dict) -> dict:
+    """A row's columns but the prompt: the scheduler's ``data_dict`` (a reference solution, an environment seed...)."""
+    return {key: value for key, value in row.items() if key != "prompt"}
+
+
+def training_batch(trainer, records: list[dict], scheduler: str, with_logprobs: bool) -> dict:
+    """What TRL's rollout_func returns, from one :func:`trajectory_record` per row; keeps the final replies
+    for the rewards and logs the turn counts."""
+    trainer._multi_turn_completions = [record["reply"] for record in records]
+    trainer._metrics["train" if trainer.model.training else "eval"]["multi_turn/turns"].extend(
+        float(record["rollout_infos"].get("num_turns", 1)) for record in records
+    )
+    if not any(sum(record["env_mask"]) for record in records):
+        raise UserError(f"multi-turn scheduler {scheduler} produced no sampled tokens in this rollout (nothing to train on)")
+    return {
+        "prompt_ids": [record["prompt_ids"] for record in records],
+        "completion_ids": [record["completion_ids"] for record in records],
+        "env_mask": [record["env_mask"] for record in records],
+        "logprobs": [record["logprobs"] for record in records] if with_logprobs else None,
+        "rollout_infos": [record["rollout_infos"] for record in records],
+    }
 
 
 # ------------------------------------------------------------------ backends: a batch of token prompts -> new tokens
@@ -216,38 +276,24 @@ def _colocate_generate(trainer):
         params = [SamplingParams(**{**base, "max_tokens": limit}) for limit in limits]
         outputs = backend.llm.generate([{"prompt_token_ids": p} for p in prompts], sampling_params=params, use_tqdm=False)
         backend.last_rollout_version = backend.weights_version
-        return [(list(o.outputs[0].token_ids), _sampled_logprobs(o.outputs[0])) for o in outputs]
+        return [(list(o.outputs[0].token_ids), sampled_logprobs(o.outputs[0])) for o in outputs]
 
     return generate
-
-
-def _sampled_logprobs(completion) -> list[float] | None:
-    if completion.logprobs is None:
-        return None
-    return [step[token].logprob for step, token in zip(completion.logprobs, completion.token_ids)]
 
 
 def _server_generate(trainer):
     """Each process asks the rollout server for its own trajectories' turns (the server batches what arrives).
     The current weights are pushed once, before the rollout's first turn (every process takes part)."""
-    from ..generation.client import RolloutClient
 
     backend = trainer.vllm_generation
     backend._push_weights()
-    client = backend.vllm_client
-    if client is None:  # only the main process holds the weight-pushing client; the others need HTTP only
-        client = RolloutClient(backend.server_host, backend.server_port, timeout=backend.server_timeout, api_key=backend.api_key)
+    client = _client(backend)
 
     def generate(prompts: list[list[int]], limits: list[int]):
         results: list = [None] * len(prompts)
         for limit in sorted(set(limits)):  # one request per distinct turn budget
             rows = [i for i, value in enumerate(limits) if value == limit]
-            payload = client.generate(
-                prompts=[prompts[i] for i in rows], n=1, repetition_penalty=trainer.repetition_penalty,
-                temperature=trainer.temperature, top_p=trainer.top_p, top_k=trainer.top_k,
-                min_p=0.0 if trainer.min_p is None else trainer.min_p, max_tokens=limit, logprobs=0,
-                generation_kwargs=backend.generation_kwargs,
-            )  # fmt: skip
+            payload = client.generate(prompts=[prompts[i] for i in rows], n=1, max_tokens=limit, logprobs=0, **_sampling(trainer))
             logprobs = payload.get("logprobs")
             for j, i in enumerate(rows):
                 token_logprobs = [step[0] if isinstance(step, list) else step for step in logprobs[j]] if logprobs else None
@@ -256,3 +302,22 @@ def _server_generate(trainer):
         return results
 
     return generate
+
+
+def _client(backend):
+    """The process's client of the rollout server: the main process holds the weight-pushing one; the others
+    need HTTP only."""
+    if backend.vllm_client is not None:
+        return backend.vllm_client
+    from ..generation.client import RolloutClient
+
+    return RolloutClient(backend.server_host, backend.server_port, timeout=backend.server_timeout, api_key=backend.api_key)
+
+
+def _sampling(trainer) -> dict:
+    """The rollout's sampling settings, as the rollout server's requests name them."""
+    return dict(
+        repetition_penalty=trainer.repetition_penalty, temperature=trainer.temperature, top_p=trainer.top_p,
+        top_k=trainer.top_k, min_p=0.0 if trainer.min_p is None else trainer.min_p,
+        generation_kwargs=trainer.vllm_generation.generation_kwargs,
+    )  # fmt: skip
