@@ -4,6 +4,8 @@
 - ``completions.jsonl`` (:data:`COMPLETIONS_FILE`): with ``--log_completions true``, every rollout's
   prompts, completions and rewards (written by the trainer through :func:`append_jsonl`).
 - ``training_curves.png`` (:data:`CURVES_FILE`): drawn by :mod:`swift_cispo.plots` from the records.
+- ``scaling_fit.json`` / ``scaling_fit.png`` (with ``--scaling_fit true``): ScaleRL's curve fitted to the pass
+  rate as training goes (:class:`ScalingFitCallback`, :mod:`swift_cispo.scaling`).
 
 A resumed run redoes the steps after its checkpoint, so it first drops their records from both
 files, then appends: each step appears once.
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from . import scaling
 from .plots import plot_curves
 
 METRICS_FILE = "logging.jsonl"
@@ -74,6 +77,77 @@ class MetricsFileCallback(TrainerCallback):
             self.drawings += 1
         self._logs_since_drawing = 0
         self._last_drawing = time.monotonic()
+
+
+FIT_FILE = "scaling_fit.json"
+FIT_PLOT = "scaling_fit.png"
+#: Refit after this many new points (a fit takes milliseconds; this keeps the logged values from jittering).
+REFIT_EVERY = 5
+
+
+class ScalingFitCallback(TrainerCallback):
+    """Fits ScaleRL's curve to the run's pass rate as it trains: the evaluation reward when the run evaluates,
+    else the training reward, against the rollouts' cumulative tokens. Every REFIT_EVERY new points (once there
+    are enough) it adds ``fit/A``, ``fit/A_err``, ``fit/B``, ``fit/C_mid`` to that log (callbacks after this one,
+    such as the metrics file, record them) and rewrites ``scaling_fit.json``; at the end it draws
+    ``scaling_fit.png`` and logs the fit. Only the main process fits."""
+
+    def __init__(self, output_dir, logger=None):
+        self.output_dir = Path(output_dir)
+        self.logger = logger
+        self.records: list[dict] = []
+        self.metric = "reward"
+        self.fit = None  # the latest scaling.CurveFit
+        self._points_at_fit = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        strategy = str(getattr(args.eval_strategy, "value", args.eval_strategy))
+        self.metric = "reward" if strategy == "no" else "eval_reward"
+        path = self.output_dir / METRICS_FILE
+        if state.is_world_process_zero and state.global_step > 0 and path.is_file():  # resumed: the points so far
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            self.records = [row for row in rows if row.get("step", 0) <= state.global_step]
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        self.records.append({"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}})
+        if self.metric not in logs:
+            return
+        points = sum(self.metric in r for r in self.records)
+        if points > scaling.MIN_POINTS and points - self._points_at_fit >= REFIT_EVERY and self._refit():
+            self._points_at_fit = points
+            logs.update({"fit/A": self.fit.a, "fit/A_err": self.fit.a_err, "fit/B": self.fit.b, "fit/C_mid": self.fit.c_mid})
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        reason = self._refit()
+        if self.fit is None:
+            if self.logger is not None:
+                self.logger.info("scaling fit: none (%s)", reason)
+            return
+        from .plots import plot_scaling_fits
+
+        _, xs, ys = scaling.run_points(self.records, self.metric, "tokens")
+        plot_scaling_fits([(self.output_dir.name, xs, ys, self.fit)], self.output_dir / FIT_PLOT, self.metric, "tokens")
+        fit = self.fit
+        if self.logger is not None:
+                self.logger.info(
+                "scaling fit of %s vs tokens (%d points): A = %.4f ± %.4f, B = %.3f ± %.3f, C_mid = %.4g ± %.2g tokens; %s",
+                self.metric, fit.points, fit.a, fit.a_err, fit.b, fit.b_err, fit.c_mid, fit.c_mid_err, self.output_dir / FIT_PLOT,
+            )  # fmt: skip
+
+    def _refit(self) -> str | bool:
+        """Fit the points so far; True when it worked, else the reason (the last good fit is kept)."""
+        try:
+            _, xs, ys = scaling.run_points(self.records, self.metric, "tokens")
+            self.fit = scaling.fit_saturating_curve(xs, ys)
+        except scaling.FitError as err:
+            return str(err)
+        record = {"metric": self.metric, "compute": "tokens", **self.fit.as_dict()}
+        (self.output_dir / FIT_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        return True
 
 
 # --------------------------------------------------------------------------- files

@@ -291,3 +291,41 @@ def test_two_processes_run_their_own_trajectories(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     (metrics,) = [m for m in read_metrics(out) if "multi_turn/turns" in m]
     assert 1.0 < metrics["multi_turn/turns"] <= 2.0
+
+
+# ---------------------------------------------------------------------------------------------- on the rollout server
+def test_the_rollout_server_names_a_bad_trajectories_request_before_generating():
+    from swift_cispo.generation.server import RolloutEngine, ServerScheduler
+
+    plain = RolloutEngine(llm=None, model="m")  # llm unused: every check comes before generation
+    with pytest.raises(UserError, match="^this rollout server runs no multi-turn scheduler; start it with --multi_turn_scheduler NAME$"):
+        plain.trajectories({"rows": []})
+    engine = RolloutEngine(llm=None, model="m", scheduler=ServerScheduler("math_tip_trick", max_turns=2))
+    assert engine.scheduler.describe() == {"scheduler": "math_tip_trick", "max_turns": 2, "gym_env": None, "use_gym_env": False}
+    with pytest.raises(UserError, match=r"needs 'rows': a list of \{'messages'"):
+        engine.trajectories({"rows": [{"content": "1+1="}]})
+    with pytest.raises(UserError, match="^a /trajectories request needs 'temperature'$"):
+        engine.trajectories({"rows": [{"messages": [{"role": "user", "content": "1+1="}]}], "max_tokens": 8})
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--multi_turn_scheduler", "no_such"], "unknown multi-turn scheduler 'no_such'; registered: "),
+        (["--multi_turn_scheduler", "thinking_tips_scheduler"], "makes one training sample per turn"),
+        (["--multi_turn_scheduler", "gym_scheduler", "--gym_env", "no_env"], "unknown gym environment 'no_env'"),
+        (["--max_turns", "3"], "--max_turns configures the server's multi-turn rollouts; give --multi_turn_scheduler too"),
+        (["--multi_turn_scheduler", "math_tip_trick", "--max_turns", "0"], "--max_turns 0 is out of range"),
+    ],
+)
+def test_swift_rollout_refuses_a_scheduler_it_cannot_run_before_starting_vllm(flags, message, capsys):
+    import socket
+
+    from helpers import assert_clean_error, swift_in_process
+
+    with socket.socket() as taken:  # a check that let the flags through would stop at this busy port, not start vLLM
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = swift_in_process("rollout", "--model", DEMO_MODEL_DIR, "--port", port, *flags, capsys=capsys)
+    assert_clean_error(result, message)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from helpers import swift_in_process
-from swift_cispo.scaling import FitError, ScalingFitCallback, fit_saturating_curve, run_points, saturating_curve
+from swift_cispo.records import ScalingFitCallback
+from swift_cispo.scaling import FitError, fit_saturating_curve, run_points, saturating_curve
 
 TRUE = dict(r0=0.2, a=0.8, b=1.7, c_mid=5e4)
 COMPUTE = np.geomspace(1e3, 1e6, 40)

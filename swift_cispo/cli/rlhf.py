@@ -386,7 +386,7 @@ def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path, ev
 def _fit_callback(wanted: bool, output_dir: Path) -> list:
     if not wanted:
         return []
-    from ..scaling import ScalingFitCallback
+    from ..records import ScalingFitCallback
 
     return [ScalingFitCallback(output_dir, logger)]
 

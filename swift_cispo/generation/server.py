@@ -123,8 +123,16 @@ class RolloutEngine:
         from ..rollout.multi_turn import make_scheduler
         from ..rollout.protocol import RequestConfig, RolloutInferRequest
 
+        from ..errors import UserError
+
         if self.scheduler is None:
-            raise ValueError("this rollout server runs no multi-turn scheduler; start it with --multi_turn_scheduler NAME")
+            raise UserError("this rollout server runs no multi-turn scheduler; start it with --multi_turn_scheduler NAME")
+        rows = request.get("rows")
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("messages"), list) for r in rows):
+            raise UserError("a /trajectories request needs 'rows': a list of {'messages': [...], 'data_dict': {...}}")
+        for name in ("max_tokens", "temperature", "top_p", "top_k", "repetition_penalty"):
+            if name not in request:
+                raise UserError(f"a /trajectories request needs '{name}'")
         tokenizer = self.llm.get_tokenizer()
         limit = int(request["max_tokens"])
         sampling = _sampling(request)
@@ -340,15 +348,14 @@ def build_app(engine: RolloutEngine, api_key: str):
 
         try:
             return JSONResponse(engine.trajectories(request))
-        except (UserError, ValueError) as err:  # the scheduler or the request, as asked, cannot run: the user's to fix
+        except UserError as err:  # the request, or the scheduler as asked, cannot run: the user's to fix
             raise HTTPException(status_code=400, detail=str(err)) from None
-        except Exception as err:  # a plugin's scheduler or environment failed: its error, in one line, with where
-            name = engine.scheduler.name if engine.scheduler else "none"
-            hint = "" if request.get("rows") and any(row.get("data_dict") for row in request["rows"]) else (
+        except Exception as err:  # a plugin's scheduler or environment failed: its error in one line, and where
+            text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            hint = "" if any(row.get("data_dict") for row in request["rows"]) else (
                 "; dataset columns reach the server's scheduler only with --vllm_server_pass_dataset true")
-            raise HTTPException(
-                status_code=500, detail=f"multi-turn scheduler {name} failed: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}{hint}"
-            ) from None
+            detail = f"multi-turn scheduler {engine.scheduler.name} failed: {type(err).__name__}: {text}{hint}"
+            raise HTTPException(status_code=500, detail=detail) from None
 
     @app.post("/reset_prefix_cache")
     def reset_prefix_cache():

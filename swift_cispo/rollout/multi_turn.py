@@ -323,12 +323,14 @@ class ThinkingTipsScheduler(MultiTurnScheduler):
     """ms-swift's ``thinking_tips_scheduler`` turns each turn of a trajectory into its own training sample, so a
     group holds a varying number of samples; that is not built here, and naming it says so."""
 
+    not_built = (
+        "multi-turn scheduler thinking_tips_scheduler makes one training sample per turn (a varying number per "
+        "prompt), which swift-cispo does not build; use math_tip_trick, or a scheduler that returns one "
+        "trajectory per prompt"
+    )
+
     def __init__(self, *args, **kwargs):
-        raise UserError(
-            "multi-turn scheduler thinking_tips_scheduler makes one training sample per turn (a varying number per "
-            "prompt), which swift-cispo does not build; use math_tip_trick, or a scheduler that returns one "
-            "trajectory per prompt"
-        )
+        raise UserError(self.not_built)
 
 
 #: Name -> scheduler class; plugin files add theirs (``multi_turns['mine'] = MyScheduler``).
@@ -347,6 +349,8 @@ def scheduler_class(name: str) -> type:
         registered = ", ".join(sorted(multi_turns))
         raise UserError(f"unknown multi-turn scheduler '{name}'; registered: {registered} (plugin files add more)")
     cls = multi_turns[name]
+    if getattr(cls, "not_built", None):  # registered so that naming it says why, where it is looked up
+        raise UserError(cls.not_built)
     if isinstance(cls, type) and issubclass(cls, OpenEnvScheduler):
         raise UserError(
             f"multi-turn scheduler {name} is an OpenEnvScheduler, whose environments are OpenEnv servers, which swift-cispo "

