@@ -293,7 +293,7 @@ envs["sum_env"] = SumEnv
 """
 
 
-def test_a_server_side_gym_scheduler_runs_the_turns_and_its_reward_trains(tmp_path):
+def test_a_server_side_gym_scheduler_runs_the_turns_and_its_reward_trains(tmp_path, capsys):
     """ms-swift's server-side multi-turn (examples/train/grpo/external/vllm_gym.sh): `swift rollout` runs the
     scheduler and the environment; the trainer, given no reward function, trains on the environment's reward."""
     plugin = tmp_path / "sum_env.py"
@@ -303,8 +303,10 @@ def test_a_server_side_gym_scheduler_runs_the_turns_and_its_reward_trains(tmp_pa
     run = [*_server_flags(srv), "--model", DEMO_MODEL, "--dataset", DEMO_MODEL.parent / "addition.jsonl",
            *without_flags(MULTI_TURN_RUN, ["multi_turn_scheduler", "max_turns"])]  # fmt: skip
     try:
-        both = swift("rlhf", *run, "--multi_turn_scheduler", "math_tip_trick", "--output_dir", tmp_path / "both", cwd=tmp_path)
+        # a second scheduler in the trainer: refused from the server's /info, before any weights load
+        both = swift_in_process("rlhf", *run, "--multi_turn_scheduler", "math_tip_trick", "--output_dir", tmp_path / "both", capsys=capsys)
         assert_clean_error(both, f"the rollout server at 127.0.0.1:{srv.port} runs multi-turn scheduler gym_scheduler itself")
+        assert not (tmp_path / "both").exists()
         without_data = swift("rlhf", *run, "--output_dir", tmp_path / "no_data", cwd=tmp_path)
         assert without_data.returncode == 1, without_data.stderr[-3000:]
         assert "Traceback" not in without_data.stderr

@@ -254,19 +254,23 @@ def prepare(model_args: ModelArguments, data_args: DataArguments, rlhf_args: RLH
     from .reward_models import reward_model_specs
 
     models = reward_model_specs(rlhf_args.reward_model, rlhf_args.reward_model_plugin)
-    if not rlhf_args.reward_funcs and not models and not getattr(train_args, "use_gym_env", False) and not _server_gym_reward(train_args):
+    served = _server_scheduler(train_args)
+    if not rlhf_args.reward_funcs and not models and not getattr(train_args, "use_gym_env", False) and not (served or {}).get("use_gym_env"):
         raise UserError(f"--reward_funcs is required: name at least one reward (available: {', '.join(sorted(orms))}), or give --reward_model")
     reward_funcs = [reward_function(name, reward_options(rlhf_args, train_args)) for name in rlhf_args.reward_funcs or []]
     return columns, peft_config, [*reward_funcs, *models]  # reward models load with the policy (load_reward_models)
 
 
-def _server_gym_reward(train_args) -> bool:
-    """Server mode: whether the rollout server runs a gym environment, whose total reward is then the reward
-    (ms-swift's `swift rollout --use_gym_env true`); asked only when no other reward is given."""
-    from ..trainers.multi_turn import server_scheduler
+def _server_scheduler(train_args) -> dict | None:
+    """Server mode: the multi-turn scheduler the rollout server runs (its /info), checked against the flags before
+    any weights load: a second scheduler here, or --async_generate, is refused. A server's gym environment gives
+    the reward when no other is named (ms-swift's `swift rollout --use_gym_env true`)."""
+    from ..trainers.multi_turn import check_server_scheduler, server_scheduler
 
     served = server_scheduler(train_args)
-    return bool(served and served.get("use_gym_env"))
+    if served is not None:
+        check_server_scheduler(train_args, served)
+    return served
 
 
 def build_config(train_args, output_dir: Path, num_rewards: int, world_size: int | None = None, template=None):

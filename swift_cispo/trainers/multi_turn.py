@@ -52,9 +52,8 @@ def server_scheduler(config) -> dict | None:
         client.session.close()
 
 
-def with_server_multi_turn(config, served: dict, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """TRL's constructor arguments when the rollout server runs the scheduler (ms-swift's server mode): the
-    rollout function that asks it for whole trajectories, and the gym reward when it runs a gym environment."""
+def check_server_scheduler(config, served: dict) -> None:
+    """The flags that cannot run with a rollout server that runs the scheduler, in one sentence each."""
     where = f"the rollout server at {config.vllm_server_host}:{config.vllm_server_port}"
     if config.multi_turn_scheduler is not None:
         raise UserError(
@@ -65,6 +64,13 @@ def with_server_multi_turn(config, served: dict, args: tuple, kwargs: dict) -> t
     if config.async_generate:
         raise UserError(f"{where} runs multi-turn scheduler {served['scheduler']}, whose turns follow the current "
                         "weights; --async_generate cannot prefetch them, leave it off")
+
+
+def with_server_multi_turn(config, served: dict, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """TRL's constructor arguments when the rollout server runs the scheduler (ms-swift's server mode): the
+    rollout function that asks it for whole trajectories, and the gym reward when it runs a gym environment."""
+    check_server_scheduler(config, served)
+    where = f"the rollout server at {config.vllm_server_host}:{config.vllm_server_port}"
     if kwargs.get("rollout_func") is not None:
         raise ValueError(f"{where} runs the multi-turn scheduler; do not pass rollout_func as well")
     kwargs["rollout_func"] = server_multi_turn_rollout
