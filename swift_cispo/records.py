@@ -134,8 +134,10 @@ class ScalingFitCallback(TrainerCallback):
         fit = self.fit
         if self.logger is not None:
                 self.logger.info(
-                "scaling fit of %s vs tokens (%d points): A = %.4f ± %.4f, B = %.3f ± %.3f, C_mid = %.4g ± %.2g tokens; %s",
-                self.metric, fit.points, fit.a, fit.a_err, fit.b, fit.b_err, fit.c_mid, fit.c_mid_err, self.output_dir / FIT_PLOT,
+                "scaling fit of %s vs tokens (%d points): A = %.4f ± %.4f, B = %.3f ± %.3f, C_mid = %.4g ± %.2g tokens%s; %s",
+                self.metric, fit.points, fit.a, fit.a_err, fit.b, fit.b_err, fit.c_mid, fit.c_mid_err,
+                "" if fit.pinned_down else " (not pinned down by these points: train longer or log more often)",
+                self.output_dir / FIT_PLOT,
             )  # fmt: skip
 
     def _refit(self) -> str | bool:

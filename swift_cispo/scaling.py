@@ -36,7 +36,8 @@ COMPUTE_AXES = {"tokens": "num_tokens", "steps": "step"}
 def saturating_curve(compute, r0: float, a: float, b: float, c_mid: float):
     """ScaleRL's R(C) at ``compute`` (a number or an array; compute > 0)."""
     compute = np.asarray(compute, dtype=float)
-    return r0 + (a - r0) / (1.0 + (c_mid / compute) ** b)
+    with np.errstate(over="ignore"):  # (C_mid / C)^B overflows to inf far below C_mid: R is then R0, as it should be
+        return r0 + (a - r0) / (1.0 + (c_mid / compute) ** b)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,11 @@ class CurveFit:
     points: int
     rmse: float  # root-mean-square residual of the fitted points
     c0: float = 0.0  # the compute the curve starts from (the first point's, when R0 was taken from it)
+
+    @property
+    def pinned_down(self) -> bool:
+        """Whether the points determine the curve: A's error below the gain A - R0, and B off its bounds."""
+        return math.isfinite(self.a_err) and self.a_err < abs(self.a - self.r0) and 1e-3 < self.b < 20.0 and self.b_err < self.b
 
     def predict(self, compute):
         """R at ``compute`` on the data's own axis (the curve starts at ``c0``)."""

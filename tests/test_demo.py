@@ -83,7 +83,8 @@ def test_readme_main_command_lifts_the_demo_reward(tmp_path):
     fit = subprocess.run([sys.executable, "-m", "swift_cispo", "fit", str(out)], env=env, capture_output=True, text=True, timeout=300)
     assert fit.returncode == 0, fit.stderr[-2000:]
     (row,) = [line for line in fit.stdout.splitlines() if line.startswith(f"| {out} |")]
-    _, _, metric, points, r0, a, b, _, rmse, _ = (cell.strip() for cell in row.split("|"))
+    _, _, metric, points, r0, a, b, _, rmse, pinned, _ = (cell.strip() for cell in row.split("|"))
+    assert pinned == "yes", row
     assert metric == "reward" and int(points) == 34
     assert float(r0) + 0.3 < float(a.split(" ± ")[0]) < 1.1 and float(a.split(" ± ")[1]) < 0.1, row
     assert float(rmse) < 0.05, row

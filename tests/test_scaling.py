@@ -37,6 +37,13 @@ def test_noisy_curves_are_told_apart_by_their_asymptotes():
     assert fits[0.8].a - fits[0.7].a > 3 * (fits[0.8].a_err + fits[0.7].a_err)  # a real gap, beyond both error bars
 
 
+def test_noise_alone_is_fitted_but_said_not_to_pin_the_curve_down():
+    rng = np.random.default_rng(1)
+    fit = fit_saturating_curve(COMPUTE[:10], 0.3 + rng.normal(0, 0.02, 10), r0=0.3)
+    assert not fit.pinned_down, fit
+    assert fit_saturating_curve(COMPUTE, saturating_curve(COMPUTE, **TRUE), r0=TRUE["r0"]).pinned_down
+
+
 def test_without_r0_the_first_point_is_the_start_and_is_not_fitted():
     reward = saturating_curve(COMPUTE, **TRUE)
     fit = fit_saturating_curve(np.concatenate([[500.0], COMPUTE + 500.0]), np.concatenate([[TRUE["r0"]], reward]))
@@ -115,6 +122,7 @@ def test_swift_fit_compares_runs_in_a_table_and_a_picture(tmp_path, capsys):
     assert result.returncode == 0, result.stderr
     rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith(f"| {tmp_path}")}
     assert "| 0.8000 ±" in rows[str(high)] and "| 0.6000 ±" in rows[str(low)], result.stdout
+    assert rows[str(high)].endswith("| yes |") and "pinned down = no" not in result.stdout
     assert picture.stat().st_size > 10_000
     one = swift_in_process("fit", high, capsys=capsys)
     assert one.returncode == 0 and (high / "scaling_fit.png").is_file()
@@ -139,3 +147,20 @@ def test_swift_fit_refuses_in_one_sentence(tmp_path, capsys, make_args, message)
     assert "Traceback" not in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if ": error: " in line]
     assert message in line, line
+
+
+@pytest.mark.slow
+def test_scaling_fit_from_the_command_line_logs_the_fit_and_draws_it(tmp_path):
+    """--scaling_fit true on a short demo run: the fit joins the metrics file once 7 points are logged, and the end
+    of training writes scaling_fit.json and the picture and says the fit (here: not pinned down, 24 steps)."""
+    from helpers import read_metrics, swift
+
+    out = tmp_path / "run"
+    result = swift("rlhf", "--max_steps", "24", "--logging_steps", "3", "--per_device_train_batch_size", "64",
+                   "--save_strategy", "no", "--scaling_fit", "true", "--output_dir", out, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    fitted = [m for m in read_metrics(out) if "fit/A" in m]
+    assert [m["step"] for m in fitted] == [21], fitted  # the 7th reward after the first, at step 21
+    assert set(json.loads((out / "scaling_fit.json").read_text())) >= {"a", "a_err", "b", "c_mid", "r0", "points"}
+    assert (out / "scaling_fit.png").stat().st_size > 10_000
+    assert "scaling fit of reward vs tokens (7 points): A = " in result.stderr, result.stderr[-2000:]

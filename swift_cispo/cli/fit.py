@@ -66,11 +66,14 @@ def run(argv: list[str]) -> int:
             raise UserError(f"{folder}: {err}") from None
         drawn.append((folder.name, xs, ys, fit))
         rows.append((folder, metric, fit))
-    print(f"| run | metric | points | R0 | A | B | C_mid ({args.compute}) | rmse |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| run | metric | points | R0 | A | B | C_mid ({args.compute}) | rmse | pinned down |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     for folder, name, fit in rows:
         print(f"| {folder} | {name} | {fit.points} | {fit.r0:.4f} | {fit.a:.4f} ± {fit.a_err:.4f} | {fit.b:.3f} ± {fit.b_err:.3f} "
-              f"| {fit.c_mid:.4g} ± {fit.c_mid_err:.2g} | {fit.rmse:.4f} |")
+              f"| {fit.c_mid:.4g} ± {fit.c_mid_err:.2g} | {fit.rmse:.4f} | {'yes' if fit.pinned_down else 'no'} |")
+    if not all(fit.pinned_down for _, _, fit in rows):
+        print("pinned down = no: A's error is as large as its gain, or B sits at a bound; these points do not determine "
+              "the curve (train longer, or log more often)")
     from ..plots import plot_scaling_fits
 
     plot_scaling_fits(drawn, out, metric, args.compute)
