@@ -98,15 +98,14 @@ class ScalingFitCallback(TrainerCallback):
         self.records: list[dict] = []
         self.metric = "reward"
         self.fit = None  # the latest scaling.CurveFit
+        self._points: tuple[list, list] = ([], [])  # its (compute, value) points
         self._points_at_fit = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         strategy = str(getattr(args.eval_strategy, "value", args.eval_strategy))
         self.metric = "reward" if strategy == "no" else "eval_reward"
-        path = self.output_dir / METRICS_FILE
-        if state.is_world_process_zero and state.global_step > 0 and path.is_file():  # resumed: the points so far
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            self.records = [row for row in rows if row.get("step", 0) <= state.global_step]
+        if state.is_world_process_zero and state.global_step > 0:  # resumed: the points so far
+            self.records = [row for row in read_jsonl(self.output_dir / METRICS_FILE) if row.get("step", 0) <= state.global_step]
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -129,7 +128,7 @@ class ScalingFitCallback(TrainerCallback):
             return
         from .plots import plot_scaling_fits
 
-        _, xs, ys = scaling.run_points(self.records, self.metric, "tokens")
+        xs, ys = self._points  # those of the latest good fit
         plot_scaling_fits([(self.output_dir.name, xs, ys, self.fit)], self.output_dir / FIT_PLOT, self.metric, "tokens")
         fit = self.fit
         if self.logger is not None:
@@ -147,6 +146,7 @@ class ScalingFitCallback(TrainerCallback):
             self.fit = scaling.fit_saturating_curve(xs, ys)
         except scaling.FitError as err:
             return str(err)
+        self._points = (xs, ys)
         record = {"metric": self.metric, "compute": "tokens", **self.fit.as_dict()}
         (self.output_dir / FIT_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         return True
@@ -162,6 +162,21 @@ def append_jsonl(path: Path, rows: list[dict]) -> None:
         handle.writelines(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON-lines record file (none if it does not exist); a line cut short by a killed process is skipped."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 def truncate_jsonl(path: Path, last_step: int) -> list[dict]:
     """Keep the rows of steps <= ``last_step`` (rewriting the file in one rename) and return them.
 
@@ -169,14 +184,7 @@ def truncate_jsonl(path: Path, last_step: int) -> list[dict]:
     """
     if not path.is_file():
         return []
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and row.get("step", 0) <= last_step:
-            kept.append(row)
+    kept = [row for row in read_jsonl(path) if row.get("step", 0) <= last_step]
     partial = path.with_name(path.name + ".partial")
     partial.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept), encoding="utf-8")
     partial.replace(path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +31,7 @@ USAGE = "swift fit RUN_DIR [RUN_DIR ...] [--metric NAME] [--compute tokens|steps
 
 
 def run(argv: list[str]) -> int:
-    from ..records import METRICS_FILE
+    from ..records import METRICS_FILE, read_jsonl
     from ..scaling import FitError, fit_saturating_curve, run_points
 
     argv = normalise_flags(argv)
@@ -58,7 +57,7 @@ def run(argv: list[str]) -> int:
         raise UserError(f"--out {out} must name a .png file")
     drawn, rows, metric = [], [], None
     for folder in runs:
-        records = [json.loads(line) for line in (folder / METRICS_FILE).read_text(encoding="utf-8").splitlines() if line.strip()]
+        records = read_jsonl(folder / METRICS_FILE)
         try:
             metric, xs, ys = run_points(records, args.metric, args.compute)
             fit = fit_saturating_curve(xs, ys)

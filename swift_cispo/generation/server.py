@@ -168,17 +168,12 @@ class RolloutEngine:
 
     def _generate_turns(self, prompts: list[list[int]], limits: list[int], sampling: dict) -> list:
         """One batch of turns (each its own token budget), under the engine lock: weights never change mid-batch."""
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
+        from ..rollout.engine import vllm_turns
 
-        from ..rollout.engine import sampled_logprobs
-
-        base = {**sampling, "n": 1, "logprobs": 0}
-        base.update(base.pop("generation_kwargs", None) or {})
-        params = [SamplingParams(**{**base, "max_tokens": limit}) for limit in limits]
+        settings = dict(sampling)
+        settings.update(settings.pop("generation_kwargs", None) or {})
         with self.lock:
-            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-        return [(list(o.outputs[0].token_ids), sampled_logprobs(o.outputs[0])) for o in outputs]
+            return vllm_turns(self.llm, prompts, limits, settings)
 
     def begin_update(self) -> int:
         session = next(self._session_ids)

@@ -156,6 +156,17 @@ def sampled_logprobs(completion) -> list[float] | None:
     return [step[token].logprob for step, token in zip(completion.logprobs, completion.token_ids)]
 
 
+def vllm_turns(llm, prompts: list[list[int]], limits: list[int], sampling: dict) -> list[tuple[list[int], list[float] | None]]:
+    """One batch of turns on a vLLM engine (the :data:`GenerateBatch` of vLLM colocate and of the rollout server):
+    each token prompt with its own token budget, one sample each, with the sampled tokens' log-probs.
+    ``sampling``: SamplingParams settings, generation_kwargs already merged in."""
+    from vllm import SamplingParams
+
+    params = [SamplingParams(**{**sampling, "n": 1, "logprobs": 0, "max_tokens": limit}) for limit in limits]
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], sampling_params=params, use_tqdm=False)
+    return [(list(o.outputs[0].token_ids), sampled_logprobs(o.outputs[0])) for o in outputs]
+
+
 def final_reply(output, tokenizer, trajectory: Trajectory) -> str:
     """What the reward functions score: the conversation's last assistant message (ms-swift's convention)."""
     for message in reversed(output.messages or []):

@@ -20,7 +20,7 @@ import uuid
 import torch
 
 from ..errors import UserError
-from ..rollout.engine import TrajectoryEngine, one_output_each, run_trajectories, sampled_logprobs, trajectory_record
+from ..rollout.engine import TrajectoryEngine, one_output_each, run_trajectories, trajectory_record, vllm_turns
 from ..rollout.multi_turn import make_scheduler, scheduler_class
 from ..rollout.protocol import RequestConfig, RolloutInferRequest
 
@@ -269,20 +269,14 @@ def _until_eos(tokens: list[int], eos_ids, pad: int) -> list[int]:
 
 
 def _colocate_generate(trainer):
-    from vllm import SamplingParams
-
     backend = trainer.vllm_generation
+    sampling = _sampling(trainer)
+    sampling.update(sampling.pop("generation_kwargs") or {})
 
     def generate(prompts: list[list[int]], limits: list[int]):
-        base = dict(
-            n=1, repetition_penalty=trainer.repetition_penalty, temperature=trainer.temperature, top_p=trainer.top_p,
-            top_k=trainer.top_k, min_p=0.0 if trainer.min_p is None else trainer.min_p, logprobs=0,
-        )  # fmt: skip
-        base.update(backend.generation_kwargs or {})
-        params = [SamplingParams(**{**base, "max_tokens": limit}) for limit in limits]
-        outputs = backend.llm.generate([{"prompt_token_ids": p} for p in prompts], sampling_params=params, use_tqdm=False)
+        results = vllm_turns(backend.llm, prompts, limits, sampling)
         backend.last_rollout_version = backend.weights_version
-        return [(list(o.outputs[0].token_ids), sampled_logprobs(o.outputs[0])) for o in outputs]
+        return results
 
     return generate
 
