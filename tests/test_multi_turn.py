@@ -329,3 +329,14 @@ def test_swift_rollout_refuses_a_scheduler_it_cannot_run_before_starting_vllm(fl
         port = taken.getsockname()[1]
         result = swift_in_process("rollout", "--model", DEMO_MODEL_DIR, "--port", port, *flags, capsys=capsys)
     assert_clean_error(result, message)
+
+
+def test_swift_rollout_says_which_ms_swift_flags_change_nothing():
+    from swift_cispo.cli.rollout import notes, parse
+
+    said = notes(parse(["--model", "m", "--data_parallel_size", "2", "--vllm_use_async_engine", "true",
+                        "--vllm_max_lora_rank", "32", "--enable_thinking", "false"]))  # fmt: skip
+    assert [note.split(":")[0] for note in said] == [
+        "--vllm_data_parallel_size 2", "--vllm_use_async_engine", "--vllm_max_lora_rank", "--enable_thinking",
+    ]  # fmt: skip
+    assert notes(parse(["--model", "m", "--multi_turn_scheduler", "math_tip_trick", "--enable_thinking", "false"])) == []

@@ -154,6 +154,10 @@ def notes(args: RolloutArguments) -> list[str]:
                       ("max_length", "prompts arrive already cut to the trainer's --max_length")):
         if getattr(args, name):
             said.append(f"--{name}: no effect here: {why}")
+    if args.vllm_max_lora_rank != 16:
+        said.append("--vllm_max_lora_rank: no effect here: trainers here push merged weights")
+    if args.enable_thinking is not None and args.multi_turn_scheduler is None:
+        said.append("--enable_thinking: no effect here without --multi_turn_scheduler: the trainer renders the prompts")
     return said
 
 
