@@ -192,6 +192,41 @@ def test_async_lag1_rollouts_are_one_step_old_and_corrected(server, tmp_path):
     assert all(m["rollout_is/weight_mean"] != pytest.approx(1.0, abs=1e-3) for m in metrics[1:])
 
 
+def _prompts_by_step(output_dir: Path) -> dict[int, list[str]]:
+    rows = [json.loads(line) for line in (output_dir / "completions.jsonl").read_text().splitlines()]
+    return {step: sorted(r["prompt"] for r in rows if r["step"] == step) for step in {r["step"] for r in rows}}
+
+
+def test_bounded_staleness_on_the_server_trains_rollouts_k_steps_old(server, tmp_path):
+    out = tmp_path / "stale3"
+    result = swift(
+        "rlhf", *_server_flags(server), "--max_staleness", "3", "--log_completions", "true",
+        *override_flags(AGGRESSIVE, ["--max_steps", "6"]), "--output_dir", out, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = [m for m in read_metrics(out) if "rollout/policy_lag" in m]
+    # steps 1-3 were asked for at step 0 (the server generated them back to back while step 0 trained),
+    # each later one three steps before its own: the server reports the weights it used
+    assert [m["rollout/policy_lag"] for m in metrics] == [0.0, 1.0, 2.0, 3.0, 3.0, 3.0]
+    assert [m["rollout/stale_dropped"] for m in metrics] == [0.0] * 6
+    assert all(m[GAP] > 1e-2 and m["rollout_is/weight_mean"] != pytest.approx(1.0, abs=1e-3) for m in metrics[1:])
+    assert sorted(_prompts_by_step(out)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_bounded_staleness_in_colocate_keeps_the_synchronous_data_order(tmp_path):
+    flags = [*override_flags(AGGRESSIVE, ["--max_steps", "4"]), "--log_completions", "true"]
+    stale, synchronous = tmp_path / "stale2", tmp_path / "sync_hf"
+    result = swift("rlhf", "--use_vllm", "true", "--vllm_mode", "colocate", "--max_staleness", "2", *flags, "--output_dir", stale, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr  # the engine is stopped before the process group goes
+    metrics = [m for m in read_metrics(stale) if "rollout/policy_lag" in m]
+    assert [m["rollout/policy_lag"] for m in metrics] == [0.0, 1.0, 2.0, 2.0]
+    assert all(m[GAP] > 1e-2 for m in metrics[1:]), [m[GAP] for m in metrics]  # generated ahead, from older weights
+    # the prompts each step trained on are the synchronous run's (the dataloader was read ahead, in order)
+    assert swift("rlhf", *flags, "--output_dir", synchronous, cwd=tmp_path).returncode == 0
+    assert _prompts_by_step(stale) == _prompts_by_step(synchronous)
+
+
 @pytest.mark.slow
 def test_real_server_needs_its_key_and_binds_the_group_to_its_host(server, tmp_path):
     import requests

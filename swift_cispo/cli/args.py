@@ -312,6 +312,7 @@ TRAINING_FLAGS = (
     "vllm_weight_transport",
     "vllm_group_port",
     "async_generate",
+    "max_staleness",
     "dynamic_sample",
     "max_resample_times",
     "multi_turn_scheduler",

@@ -93,6 +93,7 @@ RANGES: dict[str, Range] = {
     "vllm_server_port": PORT,
     "vllm_group_port": PORT,
     "vllm_server_timeout": POSITIVE,
+    "max_staleness": Range(low=0, high=64, whole=True),
     "vllm_gpu_memory_utilization": Range(low=0, low_open=True, high=1),
     "vllm_max_model_length": AT_LEAST_ONE,
     "vllm_tensor_parallel_size": AT_LEAST_ONE,

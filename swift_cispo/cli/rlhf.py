@@ -383,6 +383,8 @@ def _train(model, tokenizer, reward_funcs, config, dataset, output_dir: Path, ev
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
         _summarise(metrics.records, output_dir / METRICS_FILE, output_dir / CURVES_FILE)
+    if trainer.use_vllm:
+        trainer.vllm_generation.shutdown()  # rollouts still queued are not needed; the engine stops in its process group
     _leave_process_group()
     return 0
 

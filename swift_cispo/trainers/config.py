@@ -269,8 +269,18 @@ class GRPOConfig(TRLGRPOConfig):
         default=False,
         metadata={
             "help": "Server mode only: generate the next optimizer step's rollout while the current step trains, from "
-            "weights one optimizer step old (lag 1, NeMo-RL's max_trajectory_age_steps 1). The rollout correction "
-            "(--rollout_importance_sampling_mode) reweights for the lag."
+            "weights one optimizer step old (lag 1, NeMo-RL's max_trajectory_age_steps 1): --max_staleness 1. The rollout "
+            "correction (--rollout_importance_sampling_mode) reweights for the lag."
+        },
+    )
+    max_staleness: int = field(
+        default=0,
+        metadata={
+            "help": "Bounded staleness K (PipelineRL, NeMo-RL's max_trajectory_age_steps): rollouts are asked for K "
+            "optimizer steps ahead, from the weights of their time, and none older than K steps is trained on (a "
+            "rollout that is gets dropped and generated again, logged as rollout/stale_dropped). 0: synchronous. Server "
+            "mode generates while the trainer trains; colocate generates ahead without overlap (the same staleness). "
+            "--async_generate true is 1. The rollout correction, or --cispo_anchor sampler, reweights for the lag."
         },
     )
     sleep_level: int = field(
@@ -379,8 +389,8 @@ class GRPOConfig(TRLGRPOConfig):
             return
         if self.max_turns is not None and self.max_turns < 1:
             raise ValueError(f"max_turns must be a whole number >= 1; got {self.max_turns}")
-        if self.async_generate:
-            raise ValueError("multi_turn_scheduler drives each turn from the current weights; it cannot be combined with async_generate")
+        if self.max_staleness:
+            raise ValueError("multi_turn_scheduler drives each turn from the current weights; it cannot be combined with async_generate or max_staleness")
         if self.use_vllm and self.vllm_mode == "colocate" and self.vllm_tensor_parallel_size > 1:
             raise ValueError("multi_turn_scheduler with vLLM colocate needs vllm_tensor_parallel_size 1 (each process runs its own trajectories)")
         if self.use_vllm and self.vllm_mode == "colocate" and self.vllm_enable_sleep_mode:
@@ -397,8 +407,8 @@ class GRPOConfig(TRLGRPOConfig):
                 f"dynamic_sample replaces whole groups, so each process's generation batch (per_device_train_batch_size "
                 f"x steps_per_generation = {local}) must be a multiple of num_generations ({self.num_generations})"
             )
-        if self.async_generate:
-            raise ValueError("dynamic_sample resamples while the batch is formed; it cannot be combined with async_generate")
+        if self.max_staleness:
+            raise ValueError("dynamic_sample resamples while the batch is formed; it cannot be combined with async_generate or max_staleness")
 
     def _map_trl_rollout_correction(self) -> None:
         """TRL's vllm_importance_sampling_* options, where given, become rollout_importance_sampling_* (or an error)."""
@@ -458,6 +468,15 @@ class GRPOConfig(TRLGRPOConfig):
             raise ValueError(f"vllm_mode must be 'colocate' or 'server'; got {self.vllm_mode!r}")
         if self.async_generate and not (self.use_vllm and self.vllm_mode == "server"):
             raise ValueError("async_generate needs a rollout server: add --use_vllm true --vllm_mode server")
+        if not isinstance(self.max_staleness, int) or isinstance(self.max_staleness, bool) or not 0 <= self.max_staleness <= 64:
+            raise ValueError(f"max_staleness must be a whole number in [0, 64] (0: synchronous rollouts); got {self.max_staleness!r}")
+        if self.async_generate and self.max_staleness == 0:
+            self.max_staleness = 1  # ms-swift's async_generate is lag 1
+        if self.max_staleness and not self.use_vllm:
+            raise ValueError(
+                "max_staleness asks a vLLM engine for rollouts ahead: add --use_vllm true (--vllm_mode server generates "
+                "while training runs; colocate generates ahead without overlap)"
+            )
         if self.use_vllm and self.vllm_mode == "colocate":
             import importlib.util
 

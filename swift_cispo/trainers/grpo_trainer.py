@@ -14,7 +14,6 @@ the token count MiniMax-M1's objective names rather than an estimate of it.
 from __future__ import annotations
 
 import inspect
-import itertools
 import logging
 from collections import deque
 from pathlib import Path
@@ -37,7 +36,7 @@ from .dynamic_sampling import resample_flat_groups
 from .run_checks import empty_run_reason, non_finite_problem, schedule_change_note
 from .metrics import StepMetrics
 from .multi_turn import build_scheduler, server_scheduler, with_multi_turn, with_server_multi_turn
-from .rollout_window import RolloutWindow
+from .rollout_window import RolloutWindow, micro_steps_to_prefetch
 
 logger = logging.getLogger("swift_cispo")
 
@@ -82,7 +81,10 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
         finally:
             config.use_vllm = use_vllm
         self.use_vllm = use_vllm
-        self._lookahead: list = []  # a raw batch taken early from the dataloader for an async rollout
+        # bounded staleness: raw batches taken early from the dataloader (the one at index i is micro-step
+        # rollout_window.micro_step + i) and the micro-step up to which rollouts were asked for ahead
+        self._lookahead: deque = deque()
+        self._asked_until = 0
         if use_vllm:
             self.vllm_generation = self._build_rollout_backend()
             self._last_loaded_step = -1
@@ -113,36 +115,57 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
         def current_step() -> int:
             return self.state.global_step
 
+        if self.args.max_staleness and (self.tools or self.rollout_func is not None or self.environment_factories):
+            raise ValueError("async_generate / max_staleness ask for single-turn rollouts ahead; they cannot be combined with tools or rollout_func")
         if self.args.vllm_mode == "colocate":
-            return ColocateGeneration(current_step=current_step, offload_model=self.args.offload_model, **trl_backend_kwargs(self))
-        if self.args.async_generate and (self.tools or self.rollout_func is not None or self.environment_factories):
-            raise ValueError("async_generate prefetches single-turn rollouts; it cannot be combined with tools or rollout_func")
+            return ColocateGeneration(
+                current_step=current_step, offload_model=self.args.offload_model, max_staleness=self.args.max_staleness,
+                **trl_backend_kwargs(self),
+            )  # fmt: skip
         transport = self.args.vllm_weight_transport
         if transport == "auto":
             transport = "nccl" if self.accelerator.device.type == "cuda" else "gloo"
         return ServerGeneration(
             current_step=current_step,
-            async_generate=self.args.async_generate,
+            max_staleness=self.args.max_staleness,
             weight_transport=transport,
             api_key=given_trainer_key(self.args.vllm_server_api_key, self.args.vllm_server_api_key_file),
             **trl_backend_kwargs(self),
         )
 
-    def _prefetch_next_rollout(self, epoch_iterator) -> None:
-        """Async lag-1: if the next optimizer step starts a generation, start its rollout now, from this step's weights."""
-        if not self.rollout_window.starts_generation() or self.state.global_step + 1 >= self.state.max_steps:
-            return
-        try:
-            raw = next(epoch_iterator)
-        except StopIteration:  # end of the epoch: the next rollout is generated synchronously
-            return
-        self._lookahead = [raw]
-        prompt_ids, _, _ = self._tokenize_prompts([example["prompt"] for example in raw])
-        self.vllm_generation.prefetch(prompt_ids, self.num_generations)
+    def _prefetch_rollouts(self, epoch_iterator) -> None:
+        """Bounded staleness: ask now, from this step's weights, for the rollouts of the next max_staleness steps.
+
+        Their prompts come from the dataloader early, in its order; the raw batches wait in ``_lookahead``
+        and are handed to the training loop when their step comes, so the data order is the synchronous one.
+        """
+        window = self.rollout_window
+        due = micro_steps_to_prefetch(
+            next_micro_step=window.micro_step, asked_until=self._asked_until, optimizer_step=self.state.global_step,
+            max_staleness=self.args.max_staleness, gradient_accumulation_steps=self.args.gradient_accumulation_steps,
+            generate_every=window.generate_every, total_micro_steps=self.state.max_steps * self.args.gradient_accumulation_steps,
+        )  # fmt: skip
+        for micro_step in due:
+            index = micro_step - window.micro_step
+            while len(self._lookahead) <= index:
+                try:
+                    self._lookahead.append(next(epoch_iterator))
+                except StopIteration:  # the epoch ends first: the next epoch's first rollouts are generated when due
+                    return
+            prompt_ids, _, _ = self._tokenize_prompts([example["prompt"] for example in self._lookahead[index]])
+            self.vllm_generation.prefetch(prompt_ids, self.num_generations)
+            self._asked_until = micro_step + 1
 
     def _log_policy_lag(self) -> None:
-        lag = self.state.global_step - self.vllm_generation.last_rollout_version
-        self._metrics["train"]["rollout/policy_lag"].append(float(lag))
+        """Per rollout: its policy lag (one value: a rollout is generated under one weight version) and, under
+        bounded staleness, the completions dropped for being older than max_staleness."""
+        backend, metrics = self.vllm_generation, self._metrics["train"]
+        metrics["rollout/policy_lag"].append(float(self.state.global_step - backend.last_rollout_version))
+        if self.args.max_staleness:
+            dropped = backend.take_dropped()
+            metrics["rollout/stale_dropped"].append(float(dropped))
+            if dropped:
+                logger.info("dropped %d completions older than max_staleness %d", dropped, self.args.max_staleness)
 
     # ------------------------------------------------------------------ rewards
     def compute_rewards(self, inputs: list[dict], prompts: list, completions: list, completion_ids_list: list) -> torch.Tensor:
@@ -198,8 +221,7 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
         num_iterations, any number of processes. No optimizer step happens inside a window, so
         these rollouts come from the same weights as if they were generated one micro-batch at a time.
         """
-        source = itertools.chain(self._lookahead, epoch_iterator) if self._lookahead else epoch_iterator
-        self._lookahead = []
+        source = _LookaheadFirst(self._lookahead, epoch_iterator)
         batch_samples, num_items_in_batch = super().get_batch_samples(source, num_batches, device)
         if batch_samples:  # only the training loop calls this
             self.model.train()  # training_step would do it next; TRL's generation path reads this flag
@@ -207,8 +229,8 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
                 self._load_rng_state(self._resume_checkpoint)
                 self._resume_checkpoint = None
             self._window_inputs = self._prepare_step(batch_samples)
-            if self.use_vllm and self.args.async_generate:
-                self._prefetch_next_rollout(epoch_iterator)
+            if self.use_vllm and self.args.max_staleness:
+                self._prefetch_rollouts(epoch_iterator)
         return batch_samples, num_items_in_batch
 
     def _prepare_step(self, raw_batches: list) -> deque:
@@ -401,6 +423,23 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
         return rollout_correction(
             old_log_probs, sampler_log_probs, mask, mode, self.args.rollout_importance_sampling_threshold
         )
+
+
+class _LookaheadFirst:
+    """The raw batches taken early (each removed as it is handed out), then the dataloader's.
+
+    An iterator object, not a generator: a generator left suspended in ``yield from`` would close the
+    dataloader's own generator when it is collected, and end the epoch.
+    """
+
+    def __init__(self, lookahead: deque, iterator):
+        self.lookahead, self.iterator = lookahead, iterator
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.lookahead.popleft() if self.lookahead else next(self.iterator)
 
 
 def _remove_empty_folder(path: Path) -> None:

@@ -61,9 +61,9 @@ def check_server_scheduler(config, served: dict) -> None:
             f"{config.multi_turn_scheduler} would run a second one here; drop --multi_turn_scheduler from the trainer "
             "(the server's scheduler runs the turns, as in ms-swift's server mode)"
         )
-    if config.async_generate:
+    if config.max_staleness:
         raise UserError(f"{where} runs multi-turn scheduler {served['scheduler']}, whose turns follow the current "
-                        "weights; --async_generate cannot prefetch them, leave it off")
+                        "weights; --async_generate / --max_staleness cannot ask for them ahead, leave them off")
 
 
 def with_server_multi_turn(config, served: dict, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

@@ -76,3 +76,28 @@ class RolloutWindow:
         self.micro_step = optimizer_steps * gradient_accumulation_steps
         self.slices = None
         return self.micro_step % self.generate_every != 0
+
+
+def micro_steps_to_prefetch(
+    *,
+    next_micro_step: int,
+    asked_until: int,
+    optimizer_step: int,
+    max_staleness: int,
+    gradient_accumulation_steps: int,
+    generate_every: int,
+    total_micro_steps: int,
+) -> list[int]:
+    """The generations to ask for now, from the weights of ``optimizer_step``, under bounded staleness.
+
+    A generation starts at every micro-step that is a multiple of ``generate_every``; the one starting in
+    optimizer step t may be asked for from the weights of step t - max_staleness onward, and asking for it
+    as early as that keeps the sampler max_staleness steps ahead (PipelineRL / NeMo-RL's bounded age). So,
+    just before ``optimizer_step`` trains, every generation starting in steps optimizer_step + 1 ..
+    optimizer_step + max_staleness that was not asked for yet (micro-steps from ``asked_until`` on) and
+    that the run reaches (before ``total_micro_steps``) is due.
+    """
+    start = max(next_micro_step, asked_until)
+    stop = min((optimizer_step + 1 + max_staleness) * gradient_accumulation_steps, total_micro_steps)
+    first = -(-start // generate_every) * generate_every  # the first generation start at or after ``start``
+    return list(range(first, stop, generate_every))
