@@ -7,7 +7,9 @@ under ``torchrun --nproc_per_node 2`` (2 processes, gloo). ``--runs`` is a JSON 
     {"name": str, "ga": int, "spg": int, "shuffle": bool, "losses": [str, ...]}
 
 A loss name is a registered ``loss_type``, optionally followed by ``@microbatch_norm`` (the negative
-control: ``global_token_mean`` replaced by a per-micro-batch token mean, open-instruct's bug).
+control: ``global_token_mean`` replaced by a per-micro-batch token mean, open-instruct's bug) or
+``@prompt_mean`` (``loss_aggregation="prompt_mean"``, ScaleRL's prompt-level aggregation; a group is
+``num_generations`` = 2 consecutive rows of the gathered generation batch).
 
 For every run and loss, rank 0 writes ``OUT/<name>__<loss>.pt``: a dict with ``delta``
 (``{parameter name: param_after - param_before}`` of ONE SGD step -- lr 1, no clipping, no weight
@@ -259,6 +261,7 @@ def main() -> None:
                     num_generations=2,
                     max_completion_length=COMPLETION_LEN,
                     loss_type=loss_type,
+                    loss_aggregation="prompt_mean" if variant == "prompt_mean" else "default",
                     epsilon=PPO_EPSILON,
                     epsilon_high=CISPO_CAP if loss_type == "cispo" else PPO_EPSILON_HIGH,
                     beta=0.0,
@@ -294,7 +297,7 @@ def main() -> None:
                     microbatch_norm(variant == "microbatch_norm"),
                 ):
                     trainer.train()
-                if variant not in ("", "microbatch_norm"):
+                if variant not in ("", "microbatch_norm", "prompt_mean"):
                     raise ValueError(f"unknown variant {variant!r}")
                 assert trainer.state.global_step == 1
                 expected_rounds = -(-ga // spg)  # ceil: SPG < GA needs GA / SPG generation rounds

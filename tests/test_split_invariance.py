@@ -41,6 +41,9 @@ in float32, so identical math in different batch shapes agrees to ~1e-8..1e-7, n
 What is and is not invariant:
 
 - ``cispo``, ``dapo`` (``global_token_mean``): invariant in every configuration, SPG < GA included.
+- ``cispo@prompt_mean`` (``loss_aggregation="prompt_mean"``): invariant too: each row's group token
+  weight is computed over the gathered generation batch before it is split, and the step's total
+  weight is summed over all ranks and micro-batches.
 - ``grpo`` (``sequence_mean``), ``dr_grpo`` (``constant_length``): invariant because every
   micro-batch holds the same number of sequences.
 - ``bnpo`` (``batch_token_mean``) divides by the LOCAL micro-batch's token count: that is its
@@ -76,22 +79,23 @@ STEP_TOKENS = 62  # completion tokens of the 16 step rows (see the worker's STEP
 ALL = ["cispo", "dapo", "grpo", "dr_grpo", "bnpo"]
 INVARIANT = ["cispo", "dapo", "grpo", "dr_grpo"]
 GLOBAL_TOKEN_MEAN = ("cispo", "dapo")
+PROMPT_MEAN = "cispo@prompt_mean"  # ScaleRL's prompt-level aggregation, split-invariant by construction
 
 # name -> (world size, GA, SPG, shuffle, losses)
 CONFIGS: dict[str, tuple[int, int, int, bool, list[str]]] = {
-    "ref": (1, 1, 1, True, [*ALL, "cispo@microbatch_norm"]),
-    "ga2": (1, 2, 2, True, [*ALL, "cispo@microbatch_norm", "dapo@microbatch_norm"]),
+    "ref": (1, 1, 1, True, [*ALL, "cispo@microbatch_norm", PROMPT_MEAN]),
+    "ga2": (1, 2, 2, True, [*ALL, "cispo@microbatch_norm", "dapo@microbatch_norm", PROMPT_MEAN]),
     "ga4": (1, 4, 4, True, ALL),
-    "spg2_ga1": (1, 1, 2, False, INVARIANT),
+    "spg2_ga1": (1, 1, 2, False, [*INVARIANT, PROMPT_MEAN]),
     "spg4_ga1": (1, 1, 4, False, INVARIANT),
     "spg4_ga2": (1, 2, 4, False, INVARIANT),
-    "spg1_ga2": (1, 2, 1, True, INVARIANT),  # SPG < GA: the step spans two generation batches
-    "w2_ga1": (2, 1, 1, True, [*ALL, "cispo@microbatch_norm"]),
-    "w2_ga2": (2, 2, 2, True, ALL),
+    "spg1_ga2": (1, 2, 1, True, [*INVARIANT, PROMPT_MEAN]),  # SPG < GA: the step spans two generation batches
+    "w2_ga1": (2, 1, 1, True, [*ALL, "cispo@microbatch_norm", PROMPT_MEAN]),
+    "w2_ga2": (2, 2, 2, True, [*ALL, PROMPT_MEAN]),
     "w2_ga4": (2, 4, 4, True, INVARIANT),
-    "w2_spg2_ga1": (2, 1, 2, False, INVARIANT),
+    "w2_spg2_ga1": (2, 1, 2, False, [*INVARIANT, PROMPT_MEAN]),
     "w2_spg4_ga2": (2, 2, 4, False, INVARIANT),
-    "w2_spg1_ga2": (2, 2, 1, True, INVARIANT),  # SPG < GA: the step spans two generation batches
+    "w2_spg1_ga2": (2, 2, 1, True, [*INVARIANT, PROMPT_MEAN]),  # SPG < GA: the step spans two generation batches
 }
 
 
@@ -190,7 +194,7 @@ def _cases():
         if name == "ref":
             continue
         for loss in losses:
-            if loss not in INVARIANT:
+            if loss not in INVARIANT and loss != PROMPT_MEAN:
                 continue
             yield pytest.param(name, loss, id=f"{name}-{loss}")
 
@@ -219,6 +223,11 @@ def test_bnpo_is_not_split_invariant_by_definition(results, config):
     """bnpo normalises by the LOCAL micro-batch's token count (TRL's definition of batch_token_mean), so
     with unequal completion lengths its gradient depends on how the batch is split. Not a bug."""
     assert relative_error(results, config, "bnpo") > NEGATIVE_MIN_ERROR
+
+
+def test_prompt_mean_is_another_objective_than_the_token_mean(results):
+    """The rows' groups have unequal token counts, so weighting prompts equally moves the gradient."""
+    assert relative_error(results, "ref", PROMPT_MEAN, reference_loss="cispo") > NEGATIVE_MIN_ERROR
 
 
 def test_negative_control_matches_reference_without_a_split(results):

@@ -276,6 +276,8 @@ TRAINING_FLAGS = (
     "importance_sampling_level",
     "dual_clip_c",
     "cispo_anchor",
+    "loss_aggregation",
+    "zero_variance_filter",
     "rollout_importance_sampling_mode",
     "rollout_importance_sampling_threshold",
     "cast_lm_head_to_fp32",

@@ -14,6 +14,7 @@ from trl import GRPOConfig as TRLGRPOConfig
 from ..distributed import resolve_deepspeed_config
 from ..losses.options import LOSS_ARGUMENTS
 from ..losses import CISPO_CLIP_CONVENTIONS, DEFAULT_CISPO_EPSILON_HIGH, CISPO_ANCHORS, ROLLOUT_CORRECTION_MODES, get_loss, resolve_loss_config
+from ..losses.reduction import REDUCTIONS
 
 logger = logging.getLogger("swift_cispo")
 
@@ -127,6 +128,26 @@ class GRPOConfig(TRLGRPOConfig):
             "sg(clip(pi_theta / pi_sampler)) absorbs staleness and sampler mismatch, and the separate rollout "
             "correction is not applied on top. Rollouts without sampler log-probs (transformers generate) use pi_old.",
             "choices": ["old", "sampler"],
+        },
+    )
+    loss_aggregation: str = field(
+        default="default",
+        metadata={
+            "help": "How per-token losses become the step's loss. 'default': the loss's own (cispo, dapo: "
+            "global_token_mean; grpo: sequence_mean; dr_grpo: constant_length; bnpo: batch_token_mean). "
+            "'global_token_mean': sum over the step's tokens / their number (all ranks, all micro-batches). "
+            "'prompt_mean' (ScaleRL's prompt-level aggregation): each prompt's tokens averaged over its group, "
+            "then the mean over prompts; split-invariant like global_token_mean. 'sequence_mean': each "
+            "sequence's token mean, averaged. See docs/losses.md.",
+            "choices": ["default", "global_token_mean", "prompt_mean", "sequence_mean", "constant_length", "batch_token_mean"],
+        },
+    )
+    zero_variance_filter: bool = field(
+        default=False,
+        metadata={
+            "help": "ScaleRL's zero-variance filtering: groups whose rewards are all equal (zero advantage) leave the "
+            "loss and its normaliser (their tokens are not counted), instead of diluting the step. Logged as "
+            "zero_variance/filtered_groups. Unlike --dynamic_sample, nothing is generated in their place."
         },
     )
     rollout_importance_sampling_mode: str = field(
@@ -525,6 +546,8 @@ class GRPOConfig(TRLGRPOConfig):
                 f"rollout_importance_sampling_mode must be one of {', '.join(ROLLOUT_CORRECTION_MODES)}; "
                 f"got {self.rollout_importance_sampling_mode!r}"
             )
+        if self.loss_aggregation != "default" and self.loss_aggregation not in REDUCTIONS:
+            raise ValueError(f"loss_aggregation must be 'default' or one of {', '.join(REDUCTIONS)}; got {self.loss_aggregation!r}")
         if self.cispo_anchor not in CISPO_ANCHORS:
             raise ValueError(f"cispo_anchor must be one of {', '.join(CISPO_ANCHORS)}; got {self.cispo_anchor!r}")
         if self.cispo_anchor != "old" and self.loss_type != "cispo":

@@ -28,8 +28,18 @@ def flat_groups(rewards_per_func: torch.Tensor, reward_weights: torch.Tensor, nu
     The rewards are combined as TRL combines them (weighted sum over functions, NaN where no function
     applies) and a group is flat when its reward std is close to zero, TRL's ``is_std_zero``.
     """
+    return zero_std_groups(combined_rewards(rewards_per_func, reward_weights), num_generations)
+
+
+def combined_rewards(rewards_per_func: torch.Tensor, reward_weights: torch.Tensor) -> torch.Tensor:
+    """TRL's reward of each completion: the weighted sum over reward functions, NaN where none applies."""
     rewards = (rewards_per_func * reward_weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
     rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+    return rewards
+
+
+def zero_std_groups(rewards: torch.Tensor, num_generations: int) -> torch.Tensor:
+    """Groups (``num_generations`` consecutive rewards) whose reward std is zero, TRL's ``is_std_zero``."""
     grouped = rewards.view(-1, num_generations)
     mean = torch.nanmean(grouped, dim=1, keepdim=True)
     count = (~torch.isnan(grouped)).sum(dim=1)

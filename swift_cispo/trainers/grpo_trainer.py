@@ -27,12 +27,12 @@ from ..records import COMPLETIONS_FILE, append_jsonl, completion_rows
 from ..checkpoints import load_rollout_state, save_rollout_state, saved_rollout_ranks
 from ..errors import NonFiniteError
 from ..losses import ReductionContext, get_loss, importance_denominator, k3_kl, log_importance_ratio, loss_config_from_args, rollout_correction
-from ..losses.reduction import REDUCTIONS
+from ..losses.reduction import REDUCTIONS, group_token_weights
 from ..trl_contract import trl_version_problem
 from ..distributed import prepare_deepspeed
 from .advantages import AdvantageEstimatorMixin
 from .config import GRPOConfig
-from .dynamic_sampling import resample_flat_groups
+from .dynamic_sampling import combined_rewards, resample_flat_groups, zero_std_groups
 from .run_checks import empty_run_reason, non_finite_problem, schedule_change_note
 from .metrics import StepMetrics
 from .multi_turn import build_scheduler, server_scheduler, with_multi_turn, with_server_multi_turn
@@ -94,6 +94,8 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
         if config.multi_turn_scheduler is not None:
             self._multi_turn_scheduler = build_scheduler(self)
         self.loss_spec = get_loss(self.args.loss_type)
+        aggregation = self.args.loss_aggregation
+        self.reduction = self.loss_spec.reduction if aggregation == "default" else aggregation  # a REDUCTIONS name
         self.loss_config = loss_config_from_args(self.args)  # swift_cispo.losses owns the options' rules
         self.rollout_window = RolloutWindow(self.args.steps_per_generation, self.num_iterations)
         self._window_inputs: deque = deque()  # the current optimizer step's prepared micro-batches
@@ -185,9 +187,34 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         self._rollout_rows, self._multi_turn_completions = inputs, None  # a multi-turn rollout reads the rows
         try:
-            return super()._generate_and_score_completions(inputs)
+            output = super()._generate_and_score_completions(inputs)
         finally:
             self._rollout_rows = None
+        if self.args.zero_variance_filter:  # each row's reward travels with it (dynamic sampling swaps rows)
+            rewards = combined_rewards(self._rollout_rewards_per_func, self.reward_weights)
+            local = output["completion_mask"].size(0)
+            start = self.accelerator.process_index * local
+            output["row_rewards"] = rewards[start : start + local].to(output["completion_mask"].device)
+        return output
+
+    def _batch_hygiene(self, rollout: dict, mode: str, num_generations: int) -> dict:
+        """ScaleRL's batch hygiene on a scored generation batch, before it is cut into micro-batches.
+
+        Zero-variance filtering marks the rows of flat groups (``informative_mask`` 0: no loss, not
+        counted); ``prompt_mean`` gives each row its group's token weight. Both look at whole groups,
+        which may span processes, so they gather every process's rows first (all processes call this).
+        """
+        local = rollout["completion_mask"].size(0)
+        start = self.accelerator.process_index * local
+        if "row_rewards" in rollout:
+            flat = zero_std_groups(gather(rollout.pop("row_rewards")).float(), num_generations)
+            keep = (~flat).repeat_interleave(num_generations)[start : start + local]
+            rollout["informative_mask"] = keep.to(rollout["completion_mask"].dtype)
+            self._metrics[mode]["zero_variance/filtered_groups"].append(float(flat.sum()))
+        if self.reduction == "prompt_mean":
+            tokens = gather(_loss_mask(rollout).sum(dim=1).double())
+            rollout["prompt_token_weight"] = group_token_weights(tokens, num_generations)[start : start + local]
+        return rollout
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         if self._multi_turn_completions is not None:  # score the final replies, not the whole trajectories
@@ -242,9 +269,19 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
             prepared.append(self.rollout_window.take())
         local_tokens = torch.stack([_loss_mask(batch).sum() for batch in prepared]).sum().double()
         window_tokens = self.accelerator.reduce(local_tokens, reduction="sum")
+        window_weight = self._window_weight(prepared)
         for batch in prepared:
             batch["window_num_tokens"] = window_tokens
+            if window_weight is not None:
+                batch["window_weight"] = window_weight
         return deque(prepared)
+
+    def _window_weight(self, batches: list[dict]) -> torch.Tensor | None:
+        """prompt_mean's normaliser: the group token weights of every loss token in the step, all processes."""
+        if self.reduction != "prompt_mean":
+            return None
+        local = torch.stack([(_loss_mask(b) * b["prompt_token_weight"].unsqueeze(1)).sum() for b in batches]).sum().double()
+        return self.accelerator.reduce(local, reduction="sum")
 
     def _rollout(self, raw: list) -> dict:
         """One scored generation batch: TRL's rollout, with flat groups resampled under --dynamic_sample."""
@@ -252,7 +289,7 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
         self._after_rollout()
         if self.args.dynamic_sample:
             rollout = self._resample_flat_groups(rollout)
-        return rollout
+        return self._batch_hygiene(rollout, "train", self.num_generations)
 
     def _resample_flat_groups(self, rollout: dict) -> dict:
         """DAPO's dynamic sampling (``dynamic_sampling.resample_flat_groups``), each round's rollout recorded and logged."""
@@ -294,10 +331,14 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
         # on its private schedule) is never called.
         if self.model.training:
             return self._window_inputs.popleft()
-        inputs = self._generate_and_score_completions(generation_batch)
+        inputs = self._batch_hygiene(self._generate_and_score_completions(generation_batch), "eval", self.num_generations_eval)
         for name in _TRL_CORRECTION_METRICS:
             self._metrics["eval"].pop(name, None)
-        inputs["window_num_tokens"] = inputs["num_items_in_batch"].double()  # evaluation: the batch is its own window
+        # evaluation: the batch is its own window
+        inputs["window_num_tokens"] = self.accelerator.reduce(_loss_mask(inputs).sum().double(), reduction="sum")
+        window_weight = self._window_weight([inputs])
+        if window_weight is not None:
+            inputs["window_weight"] = window_weight
         return inputs
 
     # ------------------------------------------------------------------ checkpoints
@@ -389,8 +430,10 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
             gradient_accumulation_steps=self.current_gradient_accumulation_steps if mode == "train" else 1,
             max_completion_length=self.max_completion_length,
             window_num_tokens=inputs.get("window_num_tokens"),
+            token_weight=inputs.get("prompt_token_weight"),
+            window_weight=inputs.get("window_weight"),
         )
-        loss = REDUCTIONS[self.loss_spec.reduction](per_token_loss, mask, context)
+        loss = REDUCTIONS[self.reduction](per_token_loss, mask, context)
         if mode == "train":
             problem = non_finite_problem(loss, log_probs, mask)
             if problem:  # stop before backward and the optimizer step can write NaN into the weights
@@ -450,9 +493,14 @@ def _remove_empty_folder(path: Path) -> None:
 
 
 def _loss_mask(inputs: dict) -> torch.Tensor:
-    """Completion tokens that carry loss: tool-call output tokens (multi-turn) are excluded."""
+    """Completion tokens that carry loss: tool-call output tokens (multi-turn) and, with zero-variance
+    filtering, flat groups' tokens are excluded."""
     mask = inputs["completion_mask"]
-    return mask * inputs["tool_mask"] if "tool_mask" in inputs else mask
+    if "tool_mask" in inputs:
+        mask = mask * inputs["tool_mask"]
+    if "informative_mask" in inputs:
+        mask = mask * inputs["informative_mask"].unsqueeze(1)
+    return mask
 
 
 #: TRL's metrics of its own vLLM importance-sampling correction, which this trainer does not apply.
