@@ -68,7 +68,8 @@ def _count_calls(monkeypatch, owner, name: str, counter: dict, key: str):
 
 def test_a_training_step_issues_two_metric_collectives_and_one_sync_per_micro_batch(tmp_path, monkeypatch, tiny_model_dir):
     """4 micro-batches: 1 all-reduce of the step's token count + 1 of the metrics, 1 all-gather of the maxima;
-    host syncs: 1 per micro-batch (the NaN guard) + 1 for the metrics."""
+    host syncs: 1 per micro-batch (the NaN guard) + 1 for the metrics, and the sampler's permutation once per
+    epoch (a CPU tensor, swift_cispo.trainers.resampling.EpochSampler)."""
     from swift_cispo import GRPOConfig, GRPOTrainer
 
     config = GRPOConfig(
@@ -90,6 +91,6 @@ def test_a_training_step_issues_two_metric_collectives_and_one_sync_per_micro_ba
     monkeypatch.setattr(trainer, "_compute_loss", lambda model, inputs: losses.append(1) or original(model, inputs))
     trainer.train()
     assert len(losses) == 4
-    assert counts == {"reduce": 2, "gather": 1, "host": 4 + 1}, counts
+    assert counts == {"reduce": 2, "gather": 1, "host": 4 + 1 + 1}, counts
     logged = [h for h in trainer.state.log_history if "cispo/is_weight_mean" in h]
     assert len(logged) == 1 and logged[0]["cispo/is_weight_mean"] == pytest.approx(1.0)

@@ -94,6 +94,8 @@ RANGES: dict[str, Range] = {
     "vllm_group_port": PORT,
     "vllm_server_timeout": POSITIVE,
     "max_staleness": Range(low=0, high=64, whole=True),
+    "npr_pass_rate": Range(low=0, low_open=True, high=1),
+    "npr_pass_reward": FINITE,
     "vllm_gpu_memory_utilization": Range(low=0, low_open=True, high=1),
     "vllm_max_model_length": AT_LEAST_ONE,
     "vllm_tensor_parallel_size": AT_LEAST_ONE,

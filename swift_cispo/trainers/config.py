@@ -150,6 +150,25 @@ class GRPOConfig(TRLGRPOConfig):
             "zero_variance/filtered_groups. Unlike --dynamic_sample, nothing is generated in their place."
         },
     )
+    no_positive_resampling: bool = field(
+        default=False,
+        metadata={
+            "help": "ScaleRL's No-Positive-Resampling: a prompt whose group reached a pass rate of --npr_pass_rate in a "
+            "training rollout is not sampled in later epochs (each epoch samples without the prompts excluded when it "
+            "began; the history is saved in checkpoints). Logged as npr/excluded_prompts."
+        },
+    )
+    npr_pass_rate: float = field(
+        default=0.9,
+        metadata={"help": "No-Positive-Resampling: the group pass rate at which a prompt leaves the data (ScaleRL: 0.9)."},
+    )
+    npr_pass_reward: float = field(
+        default=1.0,
+        metadata={
+            "help": "No-Positive-Resampling: a completion passes when its reward (the weighted sum over reward "
+            "functions) is at least this (1.0: a correct answer under accuracy-style rewards)."
+        },
+    )
     rollout_importance_sampling_mode: str = field(
         default="token_truncate",
         metadata={
@@ -546,6 +565,8 @@ class GRPOConfig(TRLGRPOConfig):
                 f"rollout_importance_sampling_mode must be one of {', '.join(ROLLOUT_CORRECTION_MODES)}; "
                 f"got {self.rollout_importance_sampling_mode!r}"
             )
+        if not 0 < self.npr_pass_rate <= 1:
+            raise ValueError(f"npr_pass_rate must be in (0, 1] (a group's fraction of passing completions); got {self.npr_pass_rate}")
         if self.loss_aggregation != "default" and self.loss_aggregation not in REDUCTIONS:
             raise ValueError(f"loss_aggregation must be 'default' or one of {', '.join(REDUCTIONS)}; got {self.loss_aggregation!r}")
         if self.cispo_anchor not in CISPO_ANCHORS:

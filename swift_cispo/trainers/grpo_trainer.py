@@ -14,13 +14,15 @@ the token count MiniMax-M1's objective names rather than an estimate of it.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 from collections import deque
 from pathlib import Path
 
 import torch
-from accelerate.utils import gather
+from accelerate.utils import gather, gather_object
 from trl import GRPOTrainer as TRLGRPOTrainer
+from trl.trainer.utils import RepeatSampler
 
 from ..callbacks import NonFiniteGradientGuard
 from ..records import COMPLETIONS_FILE, append_jsonl, completion_rows
@@ -36,6 +38,7 @@ from .dynamic_sampling import combined_rewards, resample_flat_groups, zero_std_g
 from .run_checks import empty_run_reason, non_finite_problem, schedule_change_note
 from .metrics import StepMetrics
 from .multi_turn import build_scheduler, server_scheduler, with_multi_turn, with_server_multi_turn
+from .resampling import NPR_STATE, EpochSampler, NoPositiveResampling, group_pass_rates, prompt_key
 from .rollout_window import RolloutWindow, micro_steps_to_prefetch
 
 logger = logging.getLogger("swift_cispo")
@@ -91,6 +94,10 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
         self._rollout_rows: list | None = None  # the dataset rows of the rollout being generated
         self._multi_turn_completions: list | None = None  # their final replies, when a scheduler ran them
         self._server_scheduler = served  # what the rollout server's /info says of its scheduler, or None
+        self.npr = NoPositiveResampling(config.npr_pass_rate, config.npr_pass_reward) if config.no_positive_resampling else None
+        if self.npr is not None and not hasattr(self.train_dataset, "__getitem__"):
+            raise ValueError("no_positive_resampling skips prompts in the sampler, which a streamed (iterable) dataset does not "
+                             "use; give a map-style dataset or leave no_positive_resampling off")
         if config.multi_turn_scheduler is not None:
             self._multi_turn_scheduler = build_scheduler(self)
         self.loss_spec = get_loss(self.args.loss_type)
@@ -190,12 +197,36 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
             output = super()._generate_and_score_completions(inputs)
         finally:
             self._rollout_rows = None
+        if self.npr is not None and self.model.training:
+            self._record_pass_rates(inputs)
         if self.args.zero_variance_filter:  # each row's reward travels with it (dynamic sampling swaps rows)
             rewards = combined_rewards(self._rollout_rewards_per_func, self.reward_weights)
             local = output["completion_mask"].size(0)
             start = self.accelerator.process_index * local
             output["row_rewards"] = rewards[start : start + local].to(output["completion_mask"].device)
         return output
+
+    def _record_pass_rates(self, rows: list[dict]) -> None:
+        """No-Positive-Resampling: exclude this rollout's prompts whose group reached the pass rate (all processes)."""
+        keys = gather_object([prompt_key(row["prompt"]) for row in rows])
+        rewards = combined_rewards(self._rollout_rewards_per_func, self.reward_weights)
+        rates = group_pass_rates(rewards.float().cpu(), self.num_generations, self.npr.pass_reward)
+        self.npr.record(keys[:: self.num_generations], rates, self.state.global_step)
+        self._metrics["train"]["npr/excluded_prompts"].append(float(len(self.npr.excluded)))
+
+    def _get_train_sampler(self, dataset=None):
+        """TRL's sampler, told its epoch (so a resumed run keeps the data order); with no_positive_resampling,
+        its epochs skip the prompts already solved."""
+        sampler = super()._get_train_sampler(dataset)
+        if type(sampler) is not RepeatSampler:  # a sampler TRL changed, or a subclass's: left as it is
+            return sampler
+        keys = None
+        if self.npr is not None:
+            keys = [prompt_key(prompt) for prompt in (self.train_dataset if dataset is None else dataset)["prompt"]]
+        return EpochSampler(
+            data_source=sampler.data_source, mini_repeat_count=sampler.mini_repeat_count, batch_size=sampler.batch_size,
+            repeat_count=sampler.repeat_count, shuffle=sampler.shuffle, seed=sampler.seed, keys=keys, history=self.npr,
+        )  # fmt: skip
 
     def _batch_hygiene(self, rollout: dict, mode: str, num_generations: int) -> dict:
         """ScaleRL's batch hygiene on a scored generation batch, before it is cut into micro-batches.
@@ -349,6 +380,8 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
         super()._save_rng_state(output_dir)
         # Saved with the RNG, before trainer_state.json, which transformers writes last and which
         # swift_cispo.checkpoints takes as the mark of a complete checkpoint.
+        if self.npr is not None and self.accelerator.is_main_process:
+            (Path(output_dir) / NPR_STATE).write_text(json.dumps(self.npr.state_dict()))
         window = self.rollout_window
         if not save_rollout_state(Path(output_dir), self.accelerator.process_index, window.micro_step, window.slices):
             logger.warning("the rollout buffer holds non-tensor values: a run resumed from %s regenerates its window", output_dir)
@@ -358,6 +391,12 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
         if checkpoint is None:
             return
         self._resume_checkpoint = checkpoint
+        if self.npr is not None:
+            saved = Path(checkpoint) / NPR_STATE
+            if saved.is_file():
+                self.npr.load_state_dict(json.loads(saved.read_text()))
+            else:
+                logger.warning("%s holds no No-Positive-Resampling history: every prompt is sampled again", checkpoint)
         note = schedule_change_note(Path(checkpoint), self.args, self.state.max_steps)
         if note:
             logger.warning("%s", note)
