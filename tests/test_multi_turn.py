@@ -191,6 +191,40 @@ def test_math_tip_trick_continues_a_wrong_reply_after_its_hint(tmp_path):
     assert tipped > 0  # the demo model is wrong often enough at temperature 1 for some rows to get the hint
 
 
+def test_forced_interruption_appends_the_phrase_at_the_thinking_budget(tmp_path):
+    phrase = " Time is up. Answer: "
+    trainer = _train(tmp_path, None, ROWS, lambda completions, **kw: [float(len(c)) for c in completions],
+                     thinking_budget=2, interruption_phrase=phrase, max_completion_length=40)  # fmt: skip
+    assert trainer.args.multi_turn_scheduler == "forced_interruption"
+    (check,) = Recording.checks
+    inputs = check["inputs"]
+    assert check["grad_gap"] < 1e-5  # the phrase is context: in neither the loss nor the token count
+    sampled = inputs["completion_mask"] * inputs["tool_mask"]
+    context = inputs["completion_mask"] * (1 - inputs["tool_mask"])
+    interrupted = 0
+    for row in range(inputs["completion_ids"].size(0)):
+        completion = inputs["completion_ids"][row][inputs["completion_mask"][row].bool()].tolist()
+        inserted = decode(TOKENIZER, inputs["completion_ids"][row][context[row].bool()].tolist())
+        if inserted:
+            interrupted += 1
+            assert inserted == phrase
+            # exactly the thinking budget was sampled before the phrase
+            start = int(context[row].nonzero()[0])
+            assert int(sampled[row][:start].sum()) == 2 and EOS not in completion[:start]
+        else:
+            assert completion[-1] == EOS and len(completion) <= 2  # finished within the budget: one turn
+    assert interrupted > 0  # the demo's answers run to 2-3 tokens and an EOS: most are cut at 2
+    logged = [row for row in trainer.state.log_history if "multi_turn/interrupted" in row]
+    assert logged[0]["multi_turn/interrupted"] == pytest.approx(interrupted / inputs["completion_ids"].size(0))
+
+
+def test_thinking_budget_must_leave_room_for_an_answer(tmp_path):
+    with pytest.raises(ValueError, match=r"thinking_budget must be a whole number in \[1, max_completion_length\)"):
+        GRPOConfig(output_dir=str(tmp_path), thinking_budget=32, max_completion_length=32, use_cpu=True)
+    with pytest.raises(ValueError, match="cannot be combined with multi_turn_scheduler math_tip_trick"):
+        GRPOConfig(output_dir=str(tmp_path), thinking_budget=8, multi_turn_scheduler="math_tip_trick", use_cpu=True)
+
+
 @pytest.mark.slow
 def test_gym_env_rewards_are_the_environments(tmp_path):
     from swift_cispo.rollout import Env, envs

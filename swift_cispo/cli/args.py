@@ -322,6 +322,8 @@ TRAINING_FLAGS = (
     "max_resample_times",
     "multi_turn_scheduler",
     "max_turns",
+    "thinking_budget",
+    "interruption_phrase",
     "use_gym_env",
     "gym_env",
     "vllm_server_pass_dataset",

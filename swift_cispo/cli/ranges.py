@@ -89,6 +89,7 @@ RANGES: dict[str, Range] = {
     "generation_batch_size": AT_LEAST_ONE,
     "max_resample_times": AT_LEAST_ONE,
     "max_turns": AT_LEAST_ONE,
+    "thinking_budget": AT_LEAST_ONE,
     # vLLM
     "vllm_server_port": PORT,
     "vllm_group_port": PORT,

@@ -24,6 +24,7 @@ import asyncio
 import json
 from abc import ABC
 from copy import deepcopy
+from dataclasses import replace
 from typing import Any, Dict, List, Optional, Union
 
 from ..errors import UserError
@@ -97,7 +98,7 @@ class MultiTurnScheduler(RolloutScheduler, ABC):
             messages = request.messages
             if turn == 1:
                 remove_response(messages)  # a dataset row may carry a reference answer as its last message
-            response = await self.infer_engine.infer_async(request, request_config, **kwargs)
+            response = await self.infer_engine.infer_async(request, self.request_config_for(request_config, turn), **kwargs)
             choice = response.choices[0]
             if turn > 1 and not messages[-1]["content"]:
                 remove_response(messages)  # the empty assistant placeholder a step may leave for the template
@@ -140,6 +141,10 @@ class MultiTurnScheduler(RolloutScheduler, ABC):
             if turn_logprobs:
                 _extend_or_append(logprobs, turn_logprobs, continuing)
             turn += 1
+
+    def request_config_for(self, request_config: RequestConfig, current_turn: int) -> RequestConfig:
+        """The sampling settings of turn ``current_turn`` (a hook: the same for every turn by default)."""
+        return request_config
 
     def step(self, infer_request: RolloutInferRequest, response_choice: ChatCompletionResponseChoice, current_turn: int) -> dict:
         """The next turn's request, as ``{'infer_request': ..., optional 'response_token_ids', 'response_loss_mask',
@@ -319,6 +324,46 @@ class MathTipsScheduler(MultiTurnScheduler):
         return {"infer_request": infer_request}  # the engine continues this assistant message
 
 
+#: ScaleRL's interruption phrase (arXiv 2510.13786, Sec. 3.2), then the end of the thinking block.
+SCALERL_INTERRUPTION = "Okay, time is up. Let me stop thinking and formulate a final answer now.\n</think>\n\n"
+
+
+class ForcedInterruptionScheduler(MultiTurnScheduler):
+    """ScaleRL's length control by forced interruption: think within ``thinking_budget`` tokens, then answer.
+
+    The first turn may sample ``thinking_budget`` tokens. A reply that ends within it is the trajectory.
+    One cut at the budget gets the interruption phrase appended to the same assistant message, as
+    context that is neither trained nor counted. The model then continues and answers in what is left
+    of ``--max_completion_length``. A reply that had already closed its thinking (``</think>``) when it
+    was cut continues without the phrase. ``rollout_infos['interrupted']`` records which trajectories
+    were interrupted.
+    """
+
+    def __init__(self, *args, thinking_budget: int | None = None, interruption_phrase: str = SCALERL_INTERRUPTION, **kwargs):
+        super().__init__(*args, **kwargs)
+        if thinking_budget is None or thinking_budget < 1:
+            raise UserError("multi-turn scheduler forced_interruption needs --thinking_budget N (tokens of thinking before "
+                            "the interruption), a whole number >= 1")
+        self.thinking_budget, self.interruption_phrase = thinking_budget, interruption_phrase
+        self.max_turns = 2  # think, then (if interrupted) answer
+
+    def request_config_for(self, request_config: RequestConfig, current_turn: int) -> RequestConfig:
+        # the answer turn gets whatever is left of the completion budget (the engine's default)
+        return replace(request_config, max_tokens=self.thinking_budget if current_turn == 1 else None)
+
+    def check_finished(self, infer_request, response_choice, current_turn) -> bool:
+        return current_turn >= 2 or response_choice.finish_reason != "length"
+
+    def step(self, infer_request, response_choice, current_turn) -> Dict[str, Any]:
+        reply = infer_request.messages[-1]
+        if "</think>" not in reply["content"]:
+            reply["content"] += self.interruption_phrase
+        return {"infer_request": infer_request, "rollout_infos": {"interrupted": True}}
+
+    async def on_turn_end(self, infer_request, response_choice, current_turn) -> Dict[str, Any]:
+        return {"rollout_infos": {"interrupted": False}} if current_turn == 1 else {}  # step() sets it when it interrupts
+
+
 class ThinkingTipsScheduler(MultiTurnScheduler):
     """ms-swift's ``thinking_tips_scheduler`` turns each turn of a trajectory into its own training sample, so a
     group holds a varying number of samples; that is not built here, and naming it says so."""
@@ -339,6 +384,7 @@ multi_turns: Dict[str, type] = {
     "thinking_tips_scheduler": ThinkingTipsScheduler,
     "gym_scheduler": GYMScheduler,
     "openenv_scheduler": OpenEnvScheduler,
+    "forced_interruption": ForcedInterruptionScheduler,
 }
 
 
@@ -365,10 +411,11 @@ def scheduler_class(name: str) -> type:
     return cls
 
 
-def make_scheduler(name: str, max_turns: int | None, tokenizer, gym_env: str | None = None):
+def make_scheduler(name: str, max_turns: int | None, tokenizer, gym_env: str | None = None, **options):
     """A new instance of the scheduler ``name`` (one per rollout: it may hold per-trajectory state); its
-    ``infer_engine`` is set by the caller."""
-    options = {"tokenizer": tokenizer}
+    ``infer_engine`` is set by the caller. ``options`` go to the scheduler's constructor (forced_interruption's
+    budget and phrase)."""
+    options["tokenizer"] = tokenizer
     if gym_env:
         options["gym_env"] = gym_env
     return scheduler_class(name)(infer_engine=None, max_turns=max_turns, **options)

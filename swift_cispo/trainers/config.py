@@ -206,6 +206,18 @@ class GRPOConfig(TRLGRPOConfig):
             "colocate and vLLM server rollouts."
         },
     )
+    thinking_budget: int | None = field(
+        default=None,
+        metadata={
+            "help": "ScaleRL's forced interruptions (length control): the model may think this many tokens; a reply cut "
+            "there gets --interruption_phrase appended (context, not trained) and answers in what is left of "
+            "--max_completion_length. Runs as the multi-turn scheduler forced_interruption. ScaleRL: 12288 of 14336."
+        },
+    )
+    interruption_phrase: str = field(
+        default="Okay, time is up. Let me stop thinking and formulate a final answer now.\n</think>\n\n",
+        metadata={"help": "--thinking_budget: the text appended where the thinking is interrupted (ScaleRL's phrase)."},
+    )
     max_turns: int | None = field(
         default=None,
         metadata={"help": "--multi_turn_scheduler: most model turns per trajectory (None: until the scheduler stops it)."},
@@ -422,6 +434,14 @@ class GRPOConfig(TRLGRPOConfig):
         self.vllm_importance_sampling_clip_min = None
 
     def _check_multi_turn(self) -> None:
+        if self.thinking_budget is not None:
+            if not isinstance(self.thinking_budget, int) or not 1 <= self.thinking_budget < self.max_completion_length:
+                raise ValueError(f"thinking_budget must be a whole number in [1, max_completion_length) so that an answer fits "
+                                 f"after the interruption; got {self.thinking_budget} with max_completion_length {self.max_completion_length}")
+            if self.multi_turn_scheduler not in (None, "forced_interruption"):
+                raise ValueError(f"thinking_budget runs the forced_interruption scheduler; it cannot be combined with "
+                                 f"multi_turn_scheduler {self.multi_turn_scheduler}")
+            self.multi_turn_scheduler = "forced_interruption"
         if self.multi_turn_scheduler is None:
             for name in ("max_turns", "use_gym_env", "gym_env"):
                 if getattr(self, name):

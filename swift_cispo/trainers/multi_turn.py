@@ -104,7 +104,10 @@ def gym_reward(completions, rollout_infos=None, **kwargs) -> list[float]:
 
 def build_scheduler(trainer):
     args = trainer.args
-    return make_scheduler(args.multi_turn_scheduler, args.max_turns, trainer.processing_class, args.gym_env)
+    options = {}
+    if args.multi_turn_scheduler == "forced_interruption":
+        options = {"thinking_budget": args.thinking_budget, "interruption_phrase": args.interruption_phrase}
+    return make_scheduler(args.multi_turn_scheduler, args.max_turns, trainer.processing_class, args.gym_env, **options)
 
 
 def as_messages(prompt) -> list[dict]:
@@ -189,6 +192,11 @@ def training_batch(trainer, records: list[dict], scheduler: str, with_logprobs: 
     trainer._metrics["train" if trainer.model.training else "eval"]["multi_turn/turns"].extend(
         float(record["rollout_infos"].get("num_turns", 1)) for record in records
     )
+    interrupted = [record["rollout_infos"].get("interrupted") for record in records]
+    if any(flag is not None for flag in interrupted):  # forced_interruption: the share of trajectories cut at the budget
+        trainer._metrics["train" if trainer.model.training else "eval"]["multi_turn/interrupted"].append(
+            sum(bool(flag) for flag in interrupted) / len(interrupted)
+        )
     if not any(sum(record["env_mask"]) for record in records):
         raise UserError(f"multi-turn scheduler {scheduler} produced no sampled tokens in this rollout (nothing to train on)")
     return {
