@@ -75,3 +75,17 @@ def test_a_server_that_never_answers_is_waited_for_then_named():
     with pytest.raises(RolloutServerError, match=f"no rollout server answered at 127.0.0.1:{port} within 1.5 s"):
         client.wait_until_up(poll_interval=0.2)
     assert 1.5 <= time.monotonic() - start < 30
+
+
+def test_vllm_runs_in_the_layers_dtype_when_the_tied_head_is_float32(tiny_model_dir):
+    """--cast_lm_head_to_fp32 with tied embeddings leaves the embedding in float32 and the layers in bfloat16;
+    the engine must run in bfloat16 (with its head in float32), not in the first parameter's float32."""
+    from transformers import AutoModelForCausalLM
+
+    from swift_cispo.generation.backends import _vllm_dtype
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    assert _vllm_dtype(model) == "bfloat16"
+    model.get_input_embeddings().float()  # what TRL's cast does to a tied head (and so to the embedding)
+    assert next(model.parameters()).dtype == torch.float32
+    assert _vllm_dtype(model) == "bfloat16"

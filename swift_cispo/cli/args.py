@@ -165,6 +165,13 @@ class RLHFArguments:
         default="grpo",
         metadata={"help": "RL algorithm family; CISPO is a loss of it (--loss_type cispo).", "choices": ["grpo"]},
     )
+    recipe: str | None = field(
+        default=None,
+        metadata={"help": "Set a published recipe's flags at once; each is printed, and a flag you give wins. 'scalerl': "
+                  "ScaleRL's final recipe (CISPO with cap 5, max_staleness 8 with vLLM, FP32 LM head, prompt_mean, batch "
+                  "advantage normalisation, zero-variance filtering, No-Positive-Resampling, forced interruptions). "
+                  "See docs/scalerl.md.", "choices": ["scalerl"]},
+    )
     scaling_fit: bool = field(
         default=False,
         metadata={"help": "Fit ScaleRL's saturating curve R0 + (A - R0) / (1 + (C_mid / C)^B) to the pass rate "

@@ -59,10 +59,14 @@ def parse(argv: list[str]):
     notes = msswift.check_declared(declared)  # ms-swift flags: their default accepted, another value refused
     check_ranges(model_args, data_args, rlhf_args, train_args, ms_args)  # before anything is loaded
     notes += msswift.apply(ms_args, model_args, data_args, train_args, given)
+    from . import recipes
     from ..distributed.launch import launch_plan
 
+    recipe = recipes.apply(rlhf_args.recipe, train_args, given)
     if launch_plan(needs_launcher=bool(train_args.deepspeed)) is None:  # a launcher leaves the telling to its workers
         msswift.log_notes(notes)
+        for line in recipe:
+            logger.info("recipe %s: %s", rlhf_args.recipe, line)
     if data_args.split_dataset_ratio > 0 and "eval_strategy" not in given:
         train_args.eval_strategy = "steps"  # a held-out set is there to be evaluated; every --eval_steps (default: --logging_steps)
     return model_args, data_args, rlhf_args, train_args, demo

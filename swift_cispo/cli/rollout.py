@@ -41,6 +41,12 @@ class RolloutArguments:
     torch_dtype: str = torch_dtype_field(
         "Dtype vLLM runs in", "Match the trainer's, or the rollout correction has a precision gap to absorb."
     )
+    cast_lm_head_to_fp32: bool = field(
+        default=False,
+        metadata={"help": "Compute the output head (logits) in float32 while the model runs in --torch_dtype: ScaleRL's FP32 "
+                  "LM head on the sampler side (vLLM's head_dtype float32). Pair it with the trainer's --cast_lm_head_to_fp32, "
+                  "which does the same in training, so both sides' log-probs come from float32 logits."},
+    )
     vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs the served model is split over."})
     vllm_gpu_memory_utilization: float | None = field(
         default=None,
@@ -233,11 +239,12 @@ def run(argv: list[str]) -> int:
             seed=args.seed,
             logprobs_mode="processed_logprobs",  # log-probs after temperature: what the IS correction compares
             trust_remote_code=args.trust_remote_code,
+            hf_overrides={"head_dtype": "float32"} if args.cast_lm_head_to_fp32 else None,
         )
     except (ValueError, RuntimeError, OSError) as err:
         reason = first_line(err)
         raise UserError(f"vLLM could not start {args.model}: {reason}") from None
-    engine = RolloutEngine(llm, args.model, host=args.host, scheduler=scheduler)
+    engine = RolloutEngine(llm, args.model, host=args.host, scheduler=scheduler, lm_head_fp32=args.cast_lm_head_to_fp32)
     if scheduler is not None:
         logger.info("multi-turn rollouts run here: scheduler %s, at most %s turns%s", scheduler.name,
                     scheduler.max_turns or "unlimited", f", gym environment {scheduler.gym_env}" if scheduler.gym_env else "")

@@ -117,10 +117,16 @@ def iter_vllm_weights(backend: VLLMGeneration):
 
 
 def _vllm_dtype(model) -> str:
-    """The dtype vLLM should run in: the training weights' (a PEFT model's base weights)."""
+    """The dtype vLLM should run in: the training weights' (a PEFT model's base weights).
+
+    Read from the transformer layers, not the first parameter: with --cast_lm_head_to_fp32 and tied
+    embeddings the embedding is float32 while the layers are bfloat16, and vLLM then ran the whole model
+    in float32 (so its FP32 head changed nothing).
+    """
     import torch
 
-    dtype = next(model.parameters()).dtype
+    dtypes = [p.dtype for name, p in model.named_parameters() if ".layers." in name or ".h." in name]
+    dtype = dtypes[0] if dtypes else next(model.parameters()).dtype
     return {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(dtype, "auto")
 
 
@@ -179,9 +185,13 @@ class ColocateGeneration(_RolloutQueue, VLLMGeneration):
     trainer's to < 1e-3 after large updates, and drift when the sync is skipped.
     """
 
-    def __init__(self, *args, current_step: Callable[[], int], offload_model: bool = False, max_staleness: int = 0, **kwargs):
+    def __init__(
+        self, *args, current_step: Callable[[], int], offload_model: bool = False, max_staleness: int = 0,
+        lm_head_fp32: bool = False, **kwargs,
+    ):  # fmt: skip
         self._init_queue(current_step, max_staleness)
         self.offload_model = offload_model
+        self.lm_head_fp32 = lm_head_fp32  # the engine computes its logits in float32, as the trainer does
         self.weights_version = -1  # optimizer step of the weights vLLM holds; -1: the checkpoint's
         super().__init__(*args, **kwargs)
 
@@ -219,6 +229,7 @@ class ColocateGeneration(_RolloutQueue, VLLMGeneration):
             max_num_batched_tokens=4096,
             logprobs_mode="processed_logprobs",  # log-probs after temperature: what the IS correction compares
             trust_remote_code=self.trust_remote_code,
+            hf_overrides={"head_dtype": "float32"} if self.lm_head_fp32 else None,  # ScaleRL's FP32 LM head, sampler side
         )
         if self.enable_sleep_mode:
             self.llm.sleep(level=2)
@@ -297,9 +308,11 @@ class ServerGeneration(_RolloutQueue, VLLMGeneration):
         max_staleness: int = 0,
         weight_transport: str = "auto",
         api_key: ApiKey | None = None,
+        lm_head_fp32: bool = False,
         **kwargs,
     ):
         self._init_queue(current_step, max_staleness)
+        self.lm_head_fp32 = lm_head_fp32
         self.api_key = api_key  # None: the key a server on this machine generated (see generation.auth)
         self.weight_transport = weight_transport
         self._weight_metadata = None
@@ -321,6 +334,12 @@ class ServerGeneration(_RolloutQueue, VLLMGeneration):
                     "rollout server at %s:%s serves %s (max_model_len %s)",
                     self.server_host, self.server_port, info.get("model"), info.get("max_model_len"),
                 )
+                if self.lm_head_fp32 != bool(info.get("lm_head_fp32")):
+                    logger.warning(
+                        "the trainer computes its logits in %s but the rollout server in %s: start swift rollout %s "
+                        "--cast_lm_head_to_fp32 as the trainer, or the rollout correction absorbs the precision gap",
+                        *(("float32", "the model's dtype", "with") if self.lm_head_fp32 else ("the model's dtype", "float32", "without")),
+                    )
                 if self.weight_transport != "http":
                     client.init_group(self.weight_transport, self.group_port, device=str(self.accelerator.device))
                 self.vllm_client = client

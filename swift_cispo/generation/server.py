@@ -56,13 +56,14 @@ class ServerScheduler:
 class RolloutEngine:
     """A ``vllm.LLM`` plus the bookkeeping of weight updates; everything here is called under one lock."""
 
-    def __init__(self, llm, model: str, host: str = "127.0.0.1", scheduler: ServerScheduler | None = None):
+    def __init__(self, llm, model: str, host: str = "127.0.0.1", scheduler: ServerScheduler | None = None, lm_head_fp32: bool = False):
         self.llm = llm
         self.model = model
         self.host = host  # the address the server listens on: the weight-transfer group listens there too
         self.scheduler = scheduler
         self.lock = threading.Lock()
         self.weight_version = -1
+        self.lm_head_fp32 = lm_head_fp32  # logits computed in float32 (swift rollout --cast_lm_head_to_fp32)
         self._pending: dict[int, list] = {}
         self._session_ids = itertools.count()
         self.group = None  # the weight-transfer process group with the trainer, once joined
@@ -77,6 +78,7 @@ class RolloutEngine:
             "max_model_len": config.max_model_len,
             "model_config": {"logprobs_mode": str(getattr(config, "logprobs_mode", "processed_logprobs"))},
             "weight_version": self.weight_version,
+            "lm_head_fp32": self.lm_head_fp32,
             "multi_turn": self.scheduler.describe() if self.scheduler else None,
         }
 

@@ -129,7 +129,7 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
         if self.args.vllm_mode == "colocate":
             return ColocateGeneration(
                 current_step=current_step, offload_model=self.args.offload_model, max_staleness=self.args.max_staleness,
-                **trl_backend_kwargs(self),
+                lm_head_fp32=self.args.cast_lm_head_to_fp32, **trl_backend_kwargs(self),
             )  # fmt: skip
         transport = self.args.vllm_weight_transport
         if transport == "auto":
@@ -137,6 +137,7 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
         return ServerGeneration(
             current_step=current_step,
             max_staleness=self.args.max_staleness,
+            lm_head_fp32=self.args.cast_lm_head_to_fp32,
             weight_transport=transport,
             api_key=given_trainer_key(self.args.vllm_server_api_key, self.args.vllm_server_api_key_file),
             **trl_backend_kwargs(self),
