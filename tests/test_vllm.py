@@ -213,15 +213,21 @@ def test_bounded_staleness_on_the_server_trains_rollouts_k_steps_old(server, tmp
     assert sorted(_prompts_by_step(out)) == [1, 2, 3, 4, 5, 6]
 
 
-def test_bounded_staleness_in_colocate_keeps_the_synchronous_data_order(tmp_path):
+def test_bounded_staleness_in_colocate_keeps_the_data_order_and_the_sampler_anchor_sees_the_lag(tmp_path):
     flags = [*override_flags(AGGRESSIVE, ["--max_steps", "4"]), "--log_completions", "true"]
     stale, synchronous = tmp_path / "stale2", tmp_path / "sync_hf"
-    result = swift("rlhf", "--use_vllm", "true", "--vllm_mode", "colocate", "--max_staleness", "2", *flags, "--output_dir", stale, cwd=tmp_path)
+    result = swift("rlhf", "--use_vllm", "true", "--vllm_mode", "colocate", "--max_staleness", "2", "--cispo_anchor", "sampler",
+                   *flags, "--output_dir", stale, cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr  # the engine is stopped before the process group goes
     metrics = [m for m in read_metrics(stale) if "rollout/policy_lag" in m]
     assert [m["rollout/policy_lag"] for m in metrics] == [0.0, 1.0, 2.0, 2.0]
     assert all(m[GAP] > 1e-2 for m in metrics[1:]), [m[GAP] for m in metrics]  # generated ahead, from older weights
+    # anchored on the sampler, CISPO's own weight pi_theta / pi_sampler sees the staleness (1 on a fresh
+    # synchronous rollout), and no second correction is applied
+    assert metrics[0]["cispo/is_weight_mean"] == pytest.approx(1.0, abs=1e-3)
+    assert all(m["cispo/is_weight_mean"] != pytest.approx(1.0, abs=1e-2) for m in metrics[1:])
+    assert not any("rollout_is/weight_mean" in m for m in metrics)
     # the prompts each step trained on are the synchronous run's (the dataloader was read ahead, in order)
     assert swift("rlhf", *flags, "--output_dir", synchronous, cwd=tmp_path).returncode == 0
     assert _prompts_by_step(stale) == _prompts_by_step(synchronous)
