@@ -232,3 +232,13 @@ def check_run(model_config, dtype, max_prompt_tokens: int, config, lora_target_m
     if warning and os.environ.get("LOCAL_RANK", "0") == "0":
         logger.warning(warning)
     return warning
+
+
+def longest_prompt_tokens(tokenizer, prompts, chat_template_kwargs=None, max_length: int | None = None, sample: int = 32) -> int:
+    """Tokens of the longest prompt, as the trainer will render it; the longest by characters stand for the longest
+    in tokens (only ``sample`` of them are tokenized)."""
+    from .prompt_length import prompt_token_ids
+
+    longest = sorted(range(len(prompts)), key=lambda i: len(str(prompts[i])), reverse=True)[:sample]
+    tokens = max((len(prompt_token_ids(tokenizer, prompts[i], chat_template_kwargs)) for i in longest), default=0)
+    return min(tokens, max_length) if max_length else tokens

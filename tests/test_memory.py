@@ -135,3 +135,24 @@ def test_swift_rlhf_warns_before_the_weights_load(tiny_model_dir, data_file, tmp
     assert result.returncode == 2 and "stopped where the weights would load" in result.stderr, result.stderr[-3000:]
     assert "one micro-batch is estimated to need" in result.stderr, result.stderr[-3000:]
     assert "but 1 MiB of memory is available" in result.stderr, result.stderr[-3000:]
+
+
+def test_the_python_api_warns_before_training_too(tiny_model_dir, tmp_path, monkeypatch, caplog):
+    """A GRPOTrainer built in Python (no swift rlhf in front) estimates its micro-batch when it is constructed."""
+    from datasets import Dataset
+
+    from helpers import grpo_config
+    from swift_cispo import GRPOTrainer
+
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 2**20)  # 1 MiB: nothing fits
+    dataset = Dataset.from_dict({"prompt": ["1+2=", "13+4="] * 4})
+    with caplog.at_level("WARNING", logger="swift_cispo"):
+        GRPOTrainer(model=str(tiny_model_dir), reward_funcs=lambda completions, **k: [0.0] * len(completions),
+                    args=grpo_config(tmp_path), train_dataset=dataset)  # fmt: skip
+    assert "one micro-batch is estimated to need" in caplog.text and "but 1 MiB of memory is available" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 2**40)  # 1 TiB: it fits, no word
+    with caplog.at_level("WARNING", logger="swift_cispo"):
+        GRPOTrainer(model=str(tiny_model_dir), reward_funcs=lambda completions, **k: [0.0] * len(completions),
+                    args=grpo_config(tmp_path), train_dataset=dataset)  # fmt: skip
+    assert "estimated to need" not in caplog.text

@@ -168,25 +168,21 @@ def _check_memory(model_args, data_args, config, dataset, peft_config) -> None:
     import torch
     from transformers import AutoConfig, AutoTokenizer
 
-    from ..memory import check_run
-    from ..prompt_length import prompt_token_ids
+    from ..memory import check_run, longest_prompt_tokens
     from .model import resolve_dtype
 
     try:
         source = str(Path(model_args.model).expanduser()) if Path(model_args.model).expanduser().exists() else model_args.model
         model_config = AutoConfig.from_pretrained(source, trust_remote_code=model_args.trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model_args.trust_remote_code)
-        prompts = dataset["prompt"]
-        longest = sorted(range(len(prompts)), key=lambda i: len(str(prompts[i])), reverse=True)[:32]
-        tokens = max((len(prompt_token_ids(tokenizer, prompts[i], config.chat_template_kwargs)) for i in longest), default=0)
-        if data_args.max_length:
-            tokens = min(tokens, data_args.max_length)
+        tokens = longest_prompt_tokens(tokenizer, dataset["prompt"], config.chat_template_kwargs, data_args.max_length)
         dtype = resolve_dtype(model_args.torch_dtype)
         if dtype == "auto":  # the checkpoint's dtype, as from_pretrained takes it
             dtype = getattr(model_config, "dtype", None) or "float32"
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         lora = (peft_config.target_modules, peft_config.r) if peft_config is not None else (None, 0)
         check_run(model_config, dtype, tokens, config, *lora)
+        config.memory_checked = True  # the trainer need not estimate it again
     except Exception as err:  # noqa: BLE001  (an estimate that cannot be made is no reason to stop)
         logger.debug("no memory estimate: %s", first_line(err))
 

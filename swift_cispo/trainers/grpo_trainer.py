@@ -115,6 +115,25 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
         self._rng_restored_from: str | None = None
         if not self.args.fp16:  # fp16's loss scaler expects (and skips) overflowing steps itself
             self.add_callback(NonFiniteGradientGuard())
+        if not getattr(config, "memory_checked", False):  # swift rlhf estimated it before the weights loaded
+            self._check_memory()
+
+    def _check_memory(self) -> None:
+        """Warn (swift_cispo.memory) when one micro-batch is estimated not to fit in memory, before training starts,
+        with the flags that fix it; the kernel's OOM killer would otherwise end the run without a word."""
+        from ..memory import check_run, longest_prompt_tokens
+
+        try:
+            model = self.accelerator.unwrap_model(self.model)
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            dtype = next(p.dtype for name, p in base.named_parameters() if ".layers." in name)
+            peft = getattr(model, "peft_config", {}).get("default") if hasattr(model, "peft_config") else None
+            lora = (peft.target_modules, peft.r) if peft is not None else (None, 0)
+            prompts = self.train_dataset["prompt"] if hasattr(self.train_dataset, "column_names") else []
+            tokens = longest_prompt_tokens(self.processing_class, prompts, self.chat_template_kwargs) if len(prompts) else 0
+            check_run(base.config, dtype, tokens, self.args, *lora)
+        except Exception as err:  # noqa: BLE001  (an estimate that cannot be made is no reason to stop)
+            logger.debug("no memory estimate: %s", err)
 
     # ------------------------------------------------------------------ rollouts
     def _build_rollout_backend(self):
