@@ -206,7 +206,7 @@ def test_registered_schedulers_environments_and_rm_plugins_are_found():
     load_plugin(str(FIXTURES / "plugin.py"))
     assert scheduler_class("tool_call_scheduler").__name__ == "ToolCallScheduler"
     assert env_class("custom_env").__module__ != "swift_cispo.rollout.gym_env"  # the plugin file's class
-    with pytest.raises(UserError, match=r"^unknown multi-turn scheduler 'nope'; registered: gym_scheduler, math_tip_trick, openenv_scheduler, thinking_tips_scheduler, tool_call_scheduler"):
+    with pytest.raises(UserError, match=r"^unknown multi-turn scheduler 'nope'; registered: forced_interruption, gym_scheduler, math_tip_trick, openenv_scheduler, thinking_tips_scheduler, tool_call_scheduler"):
         scheduler_class("nope")
     assert rm_plugin_class("qwenlong").__name__ == "QwenLongPlugin"
     with pytest.raises(UserError, match=r"^unknown reward-model plugin 'nope'; registered: default, genrm, my_rmplugin, qwenlong"):

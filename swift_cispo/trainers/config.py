@@ -200,7 +200,7 @@ class GRPOConfig(TRLGRPOConfig):
         default=None,
         metadata={
             "help": "Multi-turn rollouts (ms-swift's flag): the name of a registered scheduler (built in: "
-            "math_tip_trick, gym_scheduler; plugin files add theirs to swift.plugin's multi_turns) that turns each "
+            "math_tip_trick, gym_scheduler, forced_interruption (set by --thinking_budget); plugin files add theirs to swift.plugin's multi_turns) that turns each "
             "prompt into a trajectory of several model turns with environment, tool or hint text between them. That "
             "text is in the context but not in the loss or the token count. Runs on transformers' generate, vLLM "
             "colocate and vLLM server rollouts."
