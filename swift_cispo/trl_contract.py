@@ -39,6 +39,11 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
     # rewards and async prefetch
     "trl.trainer.grpo_trainer:GRPOTrainer._calculate_rewards": ("self", "inputs", "prompts", "completions", "completion_ids_list"),
     "trl.trainer.grpo_trainer:GRPOTrainer._tokenize_prompts": ("self", "prompts"),
+    # the train sampler, rebuilt from TRL's as EpochSampler (set_epoch, No-Positive-Resampling)
+    "trl.trainer.grpo_trainer:GRPOTrainer._get_train_sampler": ("self", "dataset"),
+    "trl.trainer.utils:RepeatSampler.__init__": (
+        "self", "data_source", "mini_repeat_count", "batch_size", "repeat_count", "shuffle", "seed",
+    ),
     # transformers' hooks: batches are fetched (and prepared) per optimizer step, checkpoints extended
     "transformers.trainer:Trainer.get_batch_samples": ("self", "epoch_iterator", "num_batches", "device"),
     "transformers.trainer:Trainer._prepare_inputs": ("self", "inputs"),
@@ -77,6 +82,8 @@ SOURCE_MARKERS: dict[str, tuple[str, ...]] = {
         '"sampling_per_token_logps"',
     ),
     "trl.generation.vllm_generation:VLLMGeneration.sync_weights": ("_llm_weights_sleeping",),
+    # EpochSampler re-draws TRL's permutation for a given epoch: one randperm of the data per epoch
+    "trl.trainer.utils:RepeatSampler.__iter__": ("torch.randperm(self.num_samples, generator=self.generator)",),
 }
 
 # "module:Qualified.name" -> sha256 prefix of its source: code this package forks (ColocateGeneration._init_vllm
