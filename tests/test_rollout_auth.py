@@ -298,3 +298,23 @@ def test_key_file_flags_are_checked_before_anything_starts(tmp_path, tiny_model_
         f"--vllm_server_api_key_file {missing} cannot be read (No such file or directory)",
     )
     assert not (tmp_path / "o").exists()
+
+
+def test_a_server_that_stops_removes_the_key_it_generated(tmp_path, monkeypatch, capsys):
+    """The generated key lives as long as its server: here the start fails after the key was written
+    (tensor parallelism on a CPU machine), and the file is gone when `swift rollout` returns."""
+    from helpers import REPO, swift_in_process
+
+    from swift_cispo.distributed.launch import free_port
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv(auth.API_KEY_ENV, raising=False)
+    port = free_port()
+    written = []
+    original = auth.write_key_file
+    monkeypatch.setattr(auth, "write_key_file", lambda path, key: written.append(path) or original(path, key))
+    result = swift_in_process("rollout", "--model", REPO / "swift_cispo" / "demo" / "model", "--port", port, "--vllm_tensor_parallel_size", "2",
+                              capsys=capsys)  # fmt: skip
+    assert result.returncode == 2 and "--vllm_tensor_parallel_size > 1 needs GPUs" in result.stderr, result.stderr[-2000:]
+    assert written == [auth.default_key_file(port)]  # it was written ...
+    assert not written[0].exists()  # ... and removed

@@ -210,6 +210,23 @@ def run(argv: list[str]) -> int:
 
     key, generated_in = server_key(args.api_key, args.api_key_file, args.port)  # before vLLM: a bad key file fails fast
     try:
+        return _serve(args, scheduler, key, generated_in)
+    finally:
+        if generated_in is not None:
+            _remove_key_file(generated_in, key.value)
+
+
+def _remove_key_file(path, key: str) -> None:
+    """The key generated for this run dies with it: a stopped server's file would only mislead a trainer."""
+    try:
+        if path.read_text().strip() == key:
+            path.unlink()
+    except OSError:
+        pass
+
+
+def _serve(args, scheduler, key, generated_in) -> int:
+    try:
         import uvicorn
         from vllm import LLM
     except ImportError:
