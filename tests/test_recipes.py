@@ -12,7 +12,7 @@ from swift_cispo.cli import recipes
 
 def _args(**overrides):
     fields = dict(loss_type="grpo", epsilon_high=None, cispo_clip_convention="offset", max_staleness=0, use_vllm=False,
-                  cast_lm_head_to_fp32=False, loss_aggregation="default", scale_rewards="group", zero_variance_filter=False,
+                  vllm_mode="server", cast_lm_head_to_fp32=False, loss_aggregation="default", scale_rewards="group", zero_variance_filter=False,
                   no_positive_resampling=False, npr_pass_rate=0.5, thinking_budget=None, max_completion_length=14336)  # fmt: skip
     fields.update(overrides)
     return SimpleNamespace(**fields)
@@ -40,7 +40,10 @@ def test_settings_that_need_other_flags_say_why_they_were_not_set():
     args = _args(max_completion_length=256)
     lines = recipes.apply("scalerl", args, given=set())
     assert args.max_staleness == 0 and args.thinking_budget is None
-    assert any(line.startswith("max_staleness not set: needs --use_vllm true") for line in lines)
+    assert any(line.startswith("max_staleness not set: needs a rollout server (--use_vllm true --vllm_mode server)") for line in lines)
+    colocate = _args(use_vllm=True, vllm_mode="colocate")
+    recipes.apply("scalerl", colocate, given=set())
+    assert colocate.max_staleness == 0  # no overlap to gain there
     assert any(line.startswith("thinking_budget not set: --max_completion_length is below 1024") for line in lines)
 
 

@@ -168,7 +168,7 @@ class RLHFArguments:
     recipe: str | None = field(
         default=None,
         metadata={"help": "Set a published recipe's flags at once; each is printed, and a flag you give wins. 'scalerl': "
-                  "ScaleRL's final recipe (CISPO with cap 5, max_staleness 8 with vLLM, FP32 LM head, prompt_mean, batch "
+                  "ScaleRL's final recipe (CISPO with cap 5, max_staleness 8 with a rollout server, FP32 LM head, prompt_mean, batch "
                   "advantage normalisation, zero-variance filtering, No-Positive-Resampling, forced interruptions). "
                   "See docs/scalerl.md.", "choices": ["scalerl"]},
     )

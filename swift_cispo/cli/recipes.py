@@ -25,7 +25,8 @@ class Setting:
 
 
 def _staleness(args) -> int | None:
-    return 8 if args.use_vllm else None  # generating ahead needs a vLLM engine
+    # only a rollout server generates while the trainer trains; colocate would make rollouts stale for no speed
+    return 8 if args.use_vllm and args.vllm_mode == "server" else None
 
 
 def _thinking_budget(args) -> int | None:
@@ -52,7 +53,8 @@ RECIPES: dict[str, tuple[Setting, ...]] = {"scalerl": SCALERL}
 
 #: Why a setting that depends on other flags was not applied.
 _NOT_APPLIED = {
-    "max_staleness": "needs --use_vllm true (server mode generates while training; colocate generates ahead)",
+    "max_staleness": "needs a rollout server (--use_vllm true --vllm_mode server), which generates while the trainer "
+    "trains; with colocate or HF generate rollouts would only grow stale",
     "thinking_budget": f"--max_completion_length is below {SCALERL_MIN_LENGTH_FOR_INTERRUPTIONS}: no room for the "
     "interruption phrase and an answer; give --thinking_budget to force it",
 }
