@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from dataclasses import dataclass, field
 
 from ..errors import UserError, first_line
@@ -209,11 +210,17 @@ def run(argv: list[str]) -> int:
     from ..generation.auth import server_key
 
     key, generated_in = server_key(args.api_key, args.api_key_file, args.port)  # before vLLM: a bad key file fails fast
+    # SIGTERM while vLLM starts (uvicorn handles it once serving) ends the process through the finally below
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         return _serve(args, scheduler, key, generated_in)
     finally:
         if generated_in is not None:
             _remove_key_file(generated_in, key.value)
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _remove_key_file(path, key: str) -> None:
