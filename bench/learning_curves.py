@@ -181,6 +181,8 @@ def train(spec: RunSpec, config: dict, path: Path) -> None:
             )  # fmt: skip
             trainer.remove_callback(PrinterCallback)
             trainer.train()
+            if trainer.use_vllm:  # the next run in this process builds its own engine
+                trainer.vllm_generation.shutdown()
         sink.write(json.dumps({"done": True, "wall_s": round(time.perf_counter() - start, 1)}) + "\n")
 
 
