@@ -84,7 +84,8 @@ KEPT_METRICS = (
     "reward", "reward_std", "frac_reward_zero_std", "entropy", "loss", "grad_norm", "learning_rate",
     "completions/mean_length", "cispo_clip_ratio", "cispo_clip_ratio/low", "cispo/is_weight_mean",
     "cispo/is_weight_max", "cispo/is_ratio_max", "cispo/kept_where_ppo_zeroes", "clip_ratio/low_mean",
-    "clip_ratio/high_mean", "clip_ratio/region_mean", "is_ratio_max",
+    "clip_ratio/high_mean", "clip_ratio/region_mean", "is_ratio_max", "rollout/policy_lag", "rollout_is/weight_mean",
+    "sampling/sampling_logp_difference/mean",
 )  # fmt: skip
 
 
