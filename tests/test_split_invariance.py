@@ -89,9 +89,9 @@ CONFIGS: dict[str, tuple[int, int, int, bool, list[str]]] = {
     "spg2_ga1": (1, 1, 2, False, [*INVARIANT, PROMPT_MEAN]),
     "spg4_ga1": (1, 1, 4, False, INVARIANT),
     "spg4_ga2": (1, 2, 4, False, INVARIANT),
-    "spg1_ga2": (1, 2, 1, True, [*INVARIANT, PROMPT_MEAN]),  # SPG < GA: the step spans two generation batches
+    "spg1_ga2": (1, 2, 1, True, INVARIANT),  # SPG < GA: the step spans two generation batches
     "w2_ga1": (2, 1, 1, True, [*ALL, "cispo@microbatch_norm", PROMPT_MEAN]),
-    "w2_ga2": (2, 2, 2, True, [*ALL, PROMPT_MEAN]),
+    "w2_ga2": (2, 2, 2, True, ALL),
     "w2_ga4": (2, 4, 4, True, INVARIANT),
     "w2_spg2_ga1": (2, 1, 2, False, [*INVARIANT, PROMPT_MEAN]),
     "w2_spg4_ga2": (2, 2, 4, False, INVARIANT),

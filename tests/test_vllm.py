@@ -177,21 +177,6 @@ def test_server_without_weight_push_drifts(server, tmp_path):
     assert gaps[0] < 1e-3 and max(gaps[1:]) > 1e-2, gaps
 
 
-def test_async_lag1_rollouts_are_one_step_old_and_corrected(server, tmp_path):
-    out = tmp_path / "async"
-    result = swift(
-        "rlhf", *_server_flags(server), "--async_generate", "true", *override_flags(AGGRESSIVE, ["--max_steps", "5"]),
-        "--output_dir", out, cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = [m for m in read_metrics(out) if "rollout/policy_lag" in m]
-    lags = [m["rollout/policy_lag"] for m in metrics]
-    assert lags == [0.0, 1.0, 1.0, 1.0, 1.0]  # the first rollout is synchronous, every later one is one step old
-    # one step old at lr 5e-2 is far off-policy; the rollout correction reweights those samples
-    assert all(m[GAP] > 1e-2 for m in metrics[1:]), [m[GAP] for m in metrics]
-    assert all(m["rollout_is/weight_mean"] != pytest.approx(1.0, abs=1e-3) for m in metrics[1:])
-
-
 def _prompts_by_step(output_dir: Path) -> dict[int, list[str]]:
     rows = [json.loads(line) for line in (output_dir / "completions.jsonl").read_text().splitlines()]
     return {step: sorted(r["prompt"] for r in rows if r["step"] == step) for step in {r["step"] for r in rows}}
@@ -211,6 +196,7 @@ def test_bounded_staleness_on_the_server_trains_rollouts_k_steps_old(server, tmp
     assert [m["rollout/stale_dropped"] for m in metrics] == [0.0] * 6
     assert all(m[GAP] > 1e-2 and m["rollout_is/weight_mean"] != pytest.approx(1.0, abs=1e-3) for m in metrics[1:])
     assert sorted(_prompts_by_step(out)) == [1, 2, 3, 4, 5, 6]
+    # (lag 1, --async_generate true, runs through the example script: tests/test_examples.py::test_async_lag1_...)
 
 
 def test_bounded_staleness_in_colocate_keeps_the_data_order_and_the_sampler_anchor_sees_the_lag(tmp_path):

@@ -76,7 +76,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    code = main()
+    if code == 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _leave_worker()
+    sys.exit(code)
+
+
+def _leave_worker() -> None:
+    """End a launched worker whose run finished (model, logs and checkpoints written) without C++ teardown.
+
+    A gloo thread still alive when the C++ statics are destroyed aborted a ZeRO-3 worker on CPU now and then
+    ('terminate called without an active exception', status -6), after everything was written and the process
+    group destroyed; the launcher then reported the whole run as failed. Python's exit handlers still run.
+    """
+    import atexit
+
+    atexit._run_exitfuncs()  # noqa: SLF001  (weakref finalizers, report_to integrations, logging)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
