@@ -62,6 +62,7 @@ def test_readme_shows_the_demo_settings():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # 3.5 minutes: the embedded demo, run as the README says
 def test_readme_main_command_lifts_the_demo_reward(tmp_path):
     """The README's main job, end to end: `swift rlhf --rlhf_type grpo --loss_type cispo --epsilon_high 5.0`
     on the embedded demo, with the demo's own settings (about 2 minutes on 2 CPU cores)."""

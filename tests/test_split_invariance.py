@@ -69,7 +69,7 @@ import torch
 
 from helpers import REPO, free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.distributed]  # one fixture starts 3 launches, 2 of them under torchrun
+pytestmark = [pytest.mark.slow, pytest.mark.distributed, pytest.mark.heavy]  # one fixture: 3 launches, 2 under torchrun (3 min)
 
 WORKER = REPO / "tests" / "split_invariance_worker.py"
 TOLERANCE = 1e-5
