@@ -154,3 +154,10 @@ def test_solved_prompts_leave_later_epochs_and_a_resume_replays_the_order(tiny_m
         _train(tiny_model_dir, forgetful, resume=str(forgetful / "checkpoint-6"))
     assert "holds no No-Positive-Resampling history" in caplog.text
     assert _prompts_by_step(forgetful) != {s: steps[s] for s in range(7, 11)}
+
+
+def test_options_of_features_left_off_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="npr_pass_rate and npr_pass_reward configure No-Positive-Resampling"):
+        grpo_config(tmp_path, npr_pass_rate=0.5)
+    with pytest.raises(ValueError, match="interruption_phrase is the text forced interruptions append; give thinking_budget"):
+        grpo_config(tmp_path, interruption_phrase="stop.")

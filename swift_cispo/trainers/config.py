@@ -15,6 +15,7 @@ from ..distributed import resolve_deepspeed_config
 from ..losses.options import LOSS_ARGUMENTS
 from ..losses import CISPO_CLIP_CONVENTIONS, DEFAULT_CISPO_EPSILON_HIGH, CISPO_ANCHORS, ROLLOUT_CORRECTION_MODES, get_loss, resolve_loss_config
 from ..losses.reduction import REDUCTIONS
+from ..rollout.multi_turn import SCALERL_INTERRUPTION as _SCALERL_INTERRUPTION
 
 logger = logging.getLogger("swift_cispo")
 
@@ -215,7 +216,7 @@ class GRPOConfig(TRLGRPOConfig):
         },
     )
     interruption_phrase: str = field(
-        default="Okay, time is up. Let me stop thinking and formulate a final answer now.\n</think>\n\n",
+        default=_SCALERL_INTERRUPTION,
         metadata={"help": "--thinking_budget: the text appended where the thinking is interrupted (ScaleRL's phrase)."},
     )
     max_turns: int | None = field(
@@ -585,6 +586,11 @@ class GRPOConfig(TRLGRPOConfig):
                 f"rollout_importance_sampling_mode must be one of {', '.join(ROLLOUT_CORRECTION_MODES)}; "
                 f"got {self.rollout_importance_sampling_mode!r}"
             )
+        if not self.no_positive_resampling and (self.npr_pass_rate, self.npr_pass_reward) != (0.9, 1.0):
+            raise ValueError("npr_pass_rate and npr_pass_reward configure No-Positive-Resampling; give no_positive_resampling "
+                             "true too")
+        if self.thinking_budget is None and self.interruption_phrase != _SCALERL_INTERRUPTION:
+            raise ValueError("interruption_phrase is the text forced interruptions append; give thinking_budget too")
         if not 0 < self.npr_pass_rate <= 1:
             raise ValueError(f"npr_pass_rate must be in (0, 1] (a group's fraction of passing completions); got {self.npr_pass_rate}")
         if self.loss_aggregation != "default" and self.loss_aggregation not in REDUCTIONS:
