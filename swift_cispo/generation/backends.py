@@ -167,8 +167,7 @@ class _RolloutQueue:
         head = self.pending[0] if self.pending else None
         if head is None or head.prompts != prompts or head.num_generations != num_generations:
             return None
-        self._last_taken = self.pending.popleft()
-        return self._last_taken
+        return self.pending.popleft()
 
     def take_dropped(self) -> int:
         dropped, self.dropped_completions = self.dropped_completions, 0
@@ -427,12 +426,12 @@ class ServerGeneration(_RolloutQueue, VLLMGeneration):
         if images is not None and any(image is not None for image in images):
             raise RolloutServerError("image prompts are not supported with --vllm_mode server; use --vllm_mode colocate")
         all_prompts = gather_object(prompts)
-        use_pending = [self._take_pending(all_prompts, num_generations) is not None]  # popped on every process, or none
+        ahead = self._take_pending(all_prompts, num_generations)  # every process gathered the same prompts
+        use_pending = [ahead is not None]
         if self.accelerator.num_processes > 1:
             broadcast_object_list(use_pending, from_process=0)
         payload = None
         if use_pending[0]:
-            ahead = self._last_taken
             payload = self._collect(lambda: ahead.result.result())
             version = payload.get("weight_version", ahead.version)  # the weights the server actually used
             if is_stale(version, self._current_step(), self.max_staleness):

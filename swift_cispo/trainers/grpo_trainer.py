@@ -217,19 +217,21 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
             output = super()._generate_and_score_completions(inputs)
         finally:
             self._rollout_rows = None
-        if self.npr is not None and self.model.training:
-            self._record_pass_rates(inputs)
+        record_pass_rates = self.npr is not None and self.model.training
+        if not (record_pass_rates or self.args.zero_variance_filter):
+            return output
+        rewards = combined_rewards(self._rollout_rewards_per_func, self.reward_weights)  # every process's rows
+        if record_pass_rates:
+            self._record_pass_rates(inputs, rewards)
         if self.args.zero_variance_filter:  # each row's reward travels with it (dynamic sampling swaps rows)
-            rewards = combined_rewards(self._rollout_rewards_per_func, self.reward_weights)
             local = output["completion_mask"].size(0)
             start = self.accelerator.process_index * local
             output["row_rewards"] = rewards[start : start + local].to(output["completion_mask"].device)
         return output
 
-    def _record_pass_rates(self, rows: list[dict]) -> None:
+    def _record_pass_rates(self, rows: list[dict], rewards: torch.Tensor) -> None:
         """No-Positive-Resampling: exclude this rollout's prompts whose group reached the pass rate (all processes)."""
         keys = gather_object([prompt_key(row["prompt"]) for row in rows])
-        rewards = combined_rewards(self._rollout_rewards_per_func, self.reward_weights)
         rates = group_pass_rates(rewards.float().cpu(), self.num_generations, self.npr.pass_reward)
         self.npr.record(keys[:: self.num_generations], rates, self.state.global_step)
         self._metrics["train"]["npr/excluded_prompts"].append(float(len(self.npr.excluded)))
