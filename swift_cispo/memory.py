@@ -14,6 +14,9 @@ made from the model's config and the run's shapes, before any weights load:
   tiles of up to 4096 tokens x 32768 vocabulary entries into one buffer of that size. On the CPU its fold runs as torch
   ops whose float32 temporaries add 8.25 tiles of the real width (measured: 4.7 GB for 4096 tokens of SmolLM2's
   49152-entry vocabulary); on a GPU the Triton kernels fold in place (the buffer alone; not measured here);
+  On the CPU the trainer skips the fused head when a micro-batch's completion logits fit
+  (swift_cispo/trainers/log_probs.py): then the logits of the completion positions are held whole, and with
+  log-softmax and autograd the peak holds 3.8 such tensors (measured with ``mem_tracker``; 4 are counted);
 * **generation** (HF ``generate``, which happens between optimizer steps): the KV cache of the generation batch.
 
 The peak is static memory plus the larger of the training pass (activations + logit tiles) and generation.
@@ -35,6 +38,18 @@ LOGIT_TILE_VOCAB = 32768
 HIDDEN_FACTOR, INTERMEDIATE_FACTOR, KV_FACTOR = 9.5, 4.0, 2.0
 # float32 temporaries of the fused head's fold on the CPU, in tiles of tokens x min(vocabulary, LOGIT_TILE_VOCAB)
 CPU_FOLD_TILES = 8.25
+#: The largest float32 completion logits (rows x positions x vocabulary x 4 bytes) the trainer's plain LM head
+#: holds per chunk on the CPU (trainers/log_probs.py); beyond it TRL's fused head, which holds tiles only.
+LOGITS_BUDGET_BYTES = 1 << 30
+
+
+def plain_head_fits(rows: int, positions: int, vocab_size: int, budget: int = LOGITS_BUDGET_BYTES) -> bool:
+    """Whether ``rows x positions`` float32 logits over the vocabulary fit the budget."""
+    return rows * positions * vocab_size * 4 <= budget
+
+
+# float32 completion-logit tensors alive at the peak of the plain head's forward and backward (measured 3.8)
+PLAIN_LOGIT_COPIES = 4
 
 
 @dataclass(frozen=True)
@@ -82,8 +97,11 @@ def estimate_peak_memory(
     generation_batch_size: int | None = None,
     reference_model: bool = False,
     device: str = "cpu",
+    completion_length: int | None = None,
 ) -> MemoryEstimate:
-    """Bytes one process needs at its peak to train micro-batches of ``batch_size`` sequences of ``sequence_length`` tokens."""
+    """Bytes one process needs at its peak to train micro-batches of ``batch_size`` sequences of ``sequence_length`` tokens
+    (``completion_length`` of them completion: on the CPU, it decides whether the trainer uses the plain LM head)."""
+
     b = shape.bytes_per_value
     tokens = batch_size * sequence_length
     per_layer = HIDDEN_FACTOR * shape.hidden_size + INTERMEDIATE_FACTOR * shape.intermediate_size + KV_FACTOR * shape.kv_width
@@ -93,9 +111,12 @@ def estimate_peak_memory(
         saved = shape.num_layers * per_layer
     activations = int(tokens * (saved + 2 * shape.hidden_size) * b)  # + embedding output and final norm
     tile_tokens = min(tokens, LOGIT_TILE_TOKENS)
-    logits = tile_tokens * LOGIT_TILE_VOCAB * b
-    if device == "cpu":
-        logits += int(CPU_FOLD_TILES * tile_tokens * min(shape.vocab_size, LOGIT_TILE_VOCAB) * 4)
+    if device == "cpu" and completion_length is not None and plain_head_fits(batch_size, completion_length + 1, shape.vocab_size):
+        logits = PLAIN_LOGIT_COPIES * batch_size * (completion_length + 1) * shape.vocab_size * 4
+    else:
+        logits = tile_tokens * LOGIT_TILE_VOCAB * b
+        if device == "cpu":
+            logits += int(CPU_FOLD_TILES * tile_tokens * min(shape.vocab_size, LOGIT_TILE_VOCAB) * 4)
     generating = generation_batch_size or batch_size
     kv_cache = 2 * shape.num_layers * shape.kv_width * sequence_length * generating * b
     step_logits = generating * shape.vocab_size * 4 * 2  # the last position's logits and their softmax, float32
@@ -223,6 +244,7 @@ def check_run(model_config, dtype, max_prompt_tokens: int, config, lora_target_m
             generation_batch_size=None if config.use_vllm else batch_size * config.steps_per_generation,
             reference_model=config.beta > 0 and not lora_target_modules,
             device="cuda" if gpu else "cpu",
+            completion_length=config.max_completion_length,
         )
 
     where = "GPU memory" if gpu else "memory"

@@ -36,6 +36,9 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
         "spatial_shapes", "num_tiles", "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids",
     ),
     "trl.trainer.grpo_trainer:GRPOTrainer.get_high_entropy_mask": ("self", "entropies", "mask", "threshold"),
+    # the plain LM-head path (trainers/log_probs.py) that stands in for TRL's fused head on a CPU
+    "trl.trainer.utils:selective_log_softmax": ("logits", "index", "temperature", "row_mask"),
+    "trl.trainer.utils:entropy_from_logits": ("logits", "chunk_size"),
     # rewards and async prefetch
     "trl.trainer.grpo_trainer:GRPOTrainer._calculate_rewards": ("self", "inputs", "prompts", "completions", "completion_ids_list"),
     "trl.trainer.grpo_trainer:GRPOTrainer._tokenize_prompts": ("self", "prompts"),

@@ -19,6 +19,7 @@ from datasets import Dataset
 
 from swift_cispo import GRPOConfig, GRPOTrainer
 from swift_cispo.demo import DEMO_MODEL_DIR
+from swift_cispo.trainers.config import rollout_within_one_step
 
 EPSILON_HIGH, TRUNCATION = 1.5, 2.0
 
@@ -56,7 +57,10 @@ class WithSampler(GRPOTrainer):
         ours = torch.autograd.grad(loss, params, retain_graph=True)
         theirs = torch.autograd.grad(reference, params)
         gap = max((a - b).abs().max().item() for a, b in zip(ours, theirs))
-        WithSampler.checks.append({"gap": gap / max(b.abs().max().item() for b in theirs), "capped": (torch.exp(current - scored) > EPSILON_HIGH).any().item()})
+        # the sampler gap TRL logs after its old-log-prob pass, here read off the trainer's own forward pass
+        sampler_gap = (current - sampler).abs()[mask.bool() & ~torch.isnan(sampler)]
+        WithSampler.checks.append({"gap": gap / max(b.abs().max().item() for b in theirs), "capped": (torch.exp(current - scored) > EPSILON_HIGH).any().item(),
+                                   "sampler_gap": (sampler_gap.mean().item(), sampler_gap.max().item())})  # fmt: skip
         return loss
 
 
@@ -76,10 +80,30 @@ def test_the_weight_divides_by_the_chosen_anchor(tmp_path, anchor):
     assert check["capped"]  # the noise pushes some ratios past the cap, so the clip is exercised
     assert check["gap"] < 1e-5, check
     logged = [row for row in trainer.state.log_history if "cispo_clip_ratio" in row]
+    mean, top = check["sampler_gap"]
+    assert logged[0]["sampling/sampling_logp_difference/mean"] == pytest.approx(mean, rel=1e-5)
+    assert logged[0]["sampling/sampling_logp_difference/max"] == pytest.approx(top, rel=1e-5)
     if anchor == "sampler":
         assert logged[0]["cispo_clip_ratio"] > 0 and not any("rollout_is/weight_mean" in row for row in trainer.state.log_history)
     else:
         assert logged[0]["cispo_clip_ratio"] == 0 and logged[0]["rollout_is/weight_mean"] != 1.0
+
+
+@pytest.mark.parametrize(
+    ("accumulation", "per_generation", "iterations", "old_pass"),
+    [(4, 4, 1, False), (8, 4, 1, False), (1, 1, 1, False), (2, 4, 1, True), (4, 4, 2, True), (4, 2, 2, False)],
+)
+def test_the_old_log_prob_pass_runs_only_when_an_update_falls_inside_a_rollout(tmp_path, accumulation, per_generation, iterations, old_pass):
+    """With vLLM, TRL runs a no-grad pass over every rollout for pi_old. Within one optimizer step pi_old is
+    pi_theta, so that pass is skipped and the loss reads it off its own forward (the gradient test above)."""
+    config = GRPOConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4, gradient_accumulation_steps=accumulation,
+        steps_per_generation=per_generation, num_iterations=iterations, use_cpu=True, report_to="none",
+    )  # fmt: skip
+    assert rollout_within_one_step(accumulation, per_generation, iterations) is not old_pass
+    assert config.vllm_importance_sampling_correction is old_pass  # TRL's switch for its pass
+    config = GRPOConfig(output_dir=str(tmp_path), rollout_importance_sampling_mode="none", num_iterations=2, use_cpu=True, report_to="none")
+    assert config.vllm_importance_sampling_correction is False  # no correction: TRL's pass runs only for the update inside
 
 
 def test_an_anchor_for_another_loss_is_refused(tmp_path):

@@ -19,9 +19,14 @@ SMOLLM2 = ModelShape(  # SmolLM2-135M-Instruct in float32 (scripts/get_real_mode
 )  # fmt: skip
 
 
-def measured_peak(config, batch: int, sequence: int, checkpointing: bool) -> int:
+def measured_peak(config, batch: int, sequence: int, checkpointing: bool, plain: bool = False) -> int:
     """Peak bytes of tensors (weights, gradients, AdamW states, activations, temporaries) over a second training step
-    (forward, backward, optimizer) through TRL's fused LM head, half the tokens scored, as in a GRPO micro-batch."""
+    (forward, backward, optimizer) through TRL's fused LM head, half the tokens scored, as in a GRPO micro-batch;
+    with ``plain``, through the trainer's plain head on the CPU (the completion positions' logits held whole)."""
+    import contextlib
+
+    from swift_cispo.trainers.log_probs import completion_log_probs
+
     from torch.distributed._tools.mem_tracker import MemTracker
     from transformers import LlamaForCausalLM
     from trl.trainer.utils import add_fused_lm_head
@@ -37,8 +42,12 @@ def measured_peak(config, batch: int, sequence: int, checkpointing: bool) -> int
     labels[:, : sequence // 2] = -100
 
     def step():
-        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, fused_lm_head=True)
-        (-(out.log_probs.sum()) + 0 * out.entropy.sum()).backward()
+        if plain:
+            log_probs, _ = completion_log_probs(model, ids, torch.ones_like(ids), sequence // 2, 1.0, True, contextlib.nullcontext())
+        else:
+            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, fused_lm_head=True)
+            log_probs = out.log_probs + 0 * out.entropy
+        (-log_probs.sum()).backward()
         optimizer.step()
         optimizer.zero_grad()
 
@@ -69,6 +78,28 @@ def test_estimate_is_within_a_factor_of_the_measured_peak(tiny_llama):
         measured = measured_peak(tiny_llama, batch, sequence, checkpointing)
         print(f"checkpointing={checkpointing}: estimated {training / 2**20:.0f} MiB, measured {measured / 2**20:.0f} MiB")
         assert measured / FACTOR <= training <= measured * FACTOR, (checkpointing, training, measured)
+
+
+def test_plain_head_estimate_is_within_a_factor_of_the_measured_peak():
+    """A vocabulary large against the model, so that the completion logits are most of the peak."""
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(
+        vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=32, tie_word_embeddings=True,
+    )  # fmt: skip
+    batch, sequence = 8, 96
+    estimate = estimate_peak_memory(model_shape(config, torch.float32), batch_size=batch, sequence_length=sequence,
+                                    gradient_checkpointing=False, completion_length=sequence // 2)  # fmt: skip
+    assert estimate.logits == 4 * batch * (sequence // 2 + 1) * 32000 * 4  # not the fused head's tiles
+    training = estimate.static + estimate.activations + estimate.logits
+    measured = measured_peak(config, batch, sequence, False, plain=True)
+    assert measured / FACTOR <= training <= measured * FACTOR, (training, measured)
+    # too large for the plain head's budget: the estimate is the fused head's again
+    fused = estimate_peak_memory(model_shape(config, torch.float32), batch_size=batch, sequence_length=sequence, gradient_checkpointing=False)
+    assert estimate_peak_memory(model_shape(config, torch.float32), batch_size=1024, sequence_length=sequence, gradient_checkpointing=False,
+                                completion_length=sequence // 2).logits != 4 * 1024 * 49 * 32000 * 4  # fmt: skip
+    assert fused.logits != estimate.logits
 
 
 def test_activations_grow_with_batch_and_shrink_with_checkpointing():

@@ -427,9 +427,14 @@ class GRPOConfig(TRLGRPOConfig):
         super().__post_init__()
         self._check_dynamic_sampling()  # after TRL has derived steps_per_generation
         self._check_multi_turn()
-        # TRL computes its own vLLM ratio only to provide the old log-probs and the sampler gap it logs
-        # (sampling/sampling_logp_difference/*); the loss applies ours, and the trainer drops TRL's ratio metrics.
-        self.vllm_importance_sampling_correction = self.rollout_importance_sampling_mode != "none"
+        # TRL's own vLLM ratio is wanted only for the old log-probs it makes TRL compute, and the sampler gap it
+        # logs (sampling/sampling_logp_difference/*); the loss applies ours, and the trainer drops TRL's ratio
+        # metrics. When every rollout is trained on within one optimizer step, pi_old is pi_theta itself, so
+        # the trainer reads it off its own forward pass (sg(log pi_theta)) and logs the gap there: TRL's extra
+        # no-grad pass over the whole rollout would recompute the same numbers.
+        self.vllm_importance_sampling_correction = self.rollout_importance_sampling_mode != "none" and not rollout_within_one_step(
+            self.gradient_accumulation_steps, self.steps_per_generation, self.num_iterations
+        )
         self.vllm_importance_sampling_mode = "token_truncate"
         self.vllm_importance_sampling_clip_max = self.rollout_importance_sampling_threshold
         self.vllm_importance_sampling_clip_min = None
@@ -610,3 +615,15 @@ class GRPOConfig(TRLGRPOConfig):
 
 __all__ = ["GRPOConfig", "DEFAULT_CISPO_EPSILON_HIGH", "planned_world_size"]
 
+
+
+def rollout_within_one_step(gradient_accumulation_steps: int, steps_per_generation: int, num_iterations: int) -> bool:
+    """Whether every rollout is trained on, all its passes, between two optimizer updates.
+
+    pi_old is the policy at the start of the optimizer step that first trains on a rollout (under bounded
+    staleness the sampler's older policy is pi_sampler, a separate factor). If no update falls inside the
+    rollout's passes, pi_old = pi_theta throughout, and a separate old-log-prob pass recomputes
+    ``sg(log pi_theta)``. TRL's own test for skipping that pass: one generation every
+    ``steps_per_generation * num_iterations`` micro-steps, dividing the accumulation.
+    """
+    return gradient_accumulation_steps % (steps_per_generation * num_iterations) == 0

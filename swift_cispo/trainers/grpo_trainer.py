@@ -34,6 +34,7 @@ from ..trl_contract import trl_version_problem
 from ..distributed import prepare_deepspeed
 from .advantages import AdvantageEstimatorMixin
 from .config import GRPOConfig
+from .log_probs import completion_log_probs, plain_head_fits
 from .dynamic_sampling import combined_rewards, resample_flat_groups, zero_std_groups
 from .run_checks import empty_run_reason, non_finite_problem, schedule_change_note
 from .metrics import StepMetrics
@@ -460,9 +461,13 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
         advantages = inputs["advantages"]
         if advantages.dim() == 1:
             advantages = advantages.unsqueeze(1)
-        # TRL skips old log-probs when the batch is on-policy; then pi_old = sg(pi_theta) (ratio 1).
+        # No old log-probs when every rollout is trained on within one optimizer step (config's
+        # rollout_within_one_step): then pi_old = sg(pi_theta), read off this forward pass.
         old_log_probs = inputs.get("old_per_token_logps")
-        old_log_probs = log_probs.detach() if old_log_probs is None else old_log_probs
+        if old_log_probs is None:
+            old_log_probs = log_probs.detach()
+            if "sampling_per_token_logps" in inputs:  # TRL logs the sampler gap only when it ran the old pass
+                self._log_sampler_gap(old_log_probs, inputs["sampling_per_token_logps"], mask)
 
         # --cispo_anchor sampler: the weight divides by pi_sampler, and then no separate correction goes on top
         denominator = importance_denominator(old_log_probs, inputs.get("sampling_per_token_logps"), self.args.cispo_anchor)
@@ -514,6 +519,38 @@ class GRPOTrainer(AdvantageEstimatorMixin, TRLGRPOTrainer):
             for name, value in self._step_metrics.reduce(self.accelerator).items():
                 self._metrics[mode][name].append(value)
         return loss
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **multimodal):  # fmt: skip
+        """TRL's, except on a CPU for text-only chunks whose logits fit: the model's own LM head on the
+        completion positions (trainers/log_probs.py says why, and what it saved)."""
+        batch_size = batch_size or input_ids.size(0)
+        plain = (
+            input_ids.device.type == "cpu" and not compute_aux_loss and not self.args.cast_lm_head_to_fp32
+            and all(value is None for value in multimodal.values())
+            and plain_head_fits(min(batch_size, input_ids.size(0)), logits_to_keep + 1, self.model.config.get_text_config().vocab_size)
+        )  # fmt: skip
+        if not plain:
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss, **multimodal
+            )
+        chunks = [
+            completion_log_probs(model, input_ids[start : start + batch_size], attention_mask[start : start + batch_size],
+                                 logits_to_keep, self.temperature, compute_entropy, self.accelerator.autocast())
+            for start in range(0, input_ids.size(0), batch_size)
+        ]  # fmt: skip
+        log_probs = torch.cat([chunk[0] for chunk in chunks])
+        entropies = torch.cat([chunk[1] for chunk in chunks]) if compute_entropy else None
+        return log_probs, entropies, None
+
+    def _log_sampler_gap(self, old_log_probs: torch.Tensor, sampler_log_probs: torch.Tensor, mask: torch.Tensor) -> None:
+        """TRL's sampling/sampling_logp_difference/{mean,max}: |log pi_old - log pi_sampler| over the tokens the
+        sampler scored (a token it could not score carries NaN and is left out, as TRL does)."""
+        gap = (old_log_probs - sampler_log_probs).abs()
+        scored = mask * ~torch.isnan(gap)
+        gap = torch.nan_to_num(gap, nan=0.0)
+        self._step_metrics.add_token_means(scored, **{"sampling/sampling_logp_difference/mean": gap})
+        self._step_metrics.add_token_maxima(scored, **{"sampling/sampling_logp_difference/max": gap})
 
     def _rollout_correction(self, inputs: dict, old_log_probs: torch.Tensor, mask: torch.Tensor):
         """pi_old / pi_sampler, truncated or masked, when the sampler reported its log-probs (else None).
