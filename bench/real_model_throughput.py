@@ -51,6 +51,12 @@ MICRO_BATCH, GENERATIONS, COMPLETION = 32, 8, 64
 PHASES = ("generation", "weight_sync", "old_logprob_pass", "other_scoring", "training")
 
 
+def label(name: str) -> str:
+    """``colocate-trl``: the mode with TRL's fused head and old-log-prob pass."""
+    mode, _, trl = name.partition("-")
+    return LABELS[mode] + (", TRL's fused head and old-log-prob pass" if trl else "")
+
+
 def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -91,13 +97,18 @@ def measure_machine(threads: int) -> dict:
     return results
 
 
-def worker(mode: str, model: str, port: int, size: int, steps: int, out: str) -> None:
-    """One training run: the intervals of every phase, and the wall time at the end of every optimizer step."""
+def worker(mode: str, model: str, port: int, size: int, steps: int, out: str, trl_paths: bool = False) -> None:
+    """One training run: the intervals of every phase, and the wall time at the end of every optimizer step.
+
+    ``trl_paths``: log-probs through TRL's fused LM head and, with vLLM, TRL's old-log-prob pass over every rollout
+    (what this trainer did before it took the plain head on a CPU and skipped that pass within one optimizer step).
+    """
     import torch
 
     torch.set_num_threads(threads_for(mode))
     from datasets import Dataset
     from transformers import TrainerCallback
+    from trl import GRPOTrainer as TRLGRPOTrainer
 
     from swift_cispo import GRPOConfig, GRPOTrainer
 
@@ -133,6 +144,9 @@ def worker(mode: str, model: str, port: int, size: int, steps: int, out: str) ->
         temperature=1.0, learning_rate=1e-6, beta=0.0, max_steps=steps, logging_steps=1, report_to="none", use_cpu=True,
         save_strategy="no", seed=0, gradient_checkpointing=False, disable_tqdm=True, **vllm,
     )  # fmt: skip
+    if trl_paths:
+        GRPOTrainer._get_per_token_logps_and_entropies = TRLGRPOTrainer._get_per_token_logps_and_entropies
+        args.vllm_importance_sampling_correction = mode != "hf"  # TRL's switch for its old-log-prob pass
     clock = StepClock()
     trainer = GRPOTrainer(
         model=model, reward_funcs=lambda completions, **kw: [float(len(str(c)) % 7) for c in completions], args=args,
@@ -220,11 +234,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per run; every step after the first is timed")
     parser.add_argument("--model", help="a model folder (default: SmolLM2-135M-Instruct from scripts/get_real_model.py)")
     parser.add_argument("--keep", help="write the raw records (JSON) to this folder")
+    parser.add_argument("--trl-paths", action="store_true",
+                        help="also run each mode with TRL's fused LM head and old-log-prob pass (the trainer before 2026-11-27)")
     parser.add_argument("--worker", nargs=4, metavar=("MODE", "PORT", "SIZE", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker-trl-paths", action="store_true", help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.worker:
         mode, port, size, out = opts.worker
-        worker(mode, opts.model, int(port), int(size), opts.steps, out)
+        worker(mode, opts.model, int(port), int(size), opts.steps, out, opts.worker_trl_paths)
         return
     if opts.steps < 2 or any(size % MICRO_BATCH for size in opts.sizes):
         parser.error(f"--steps must be at least 2 (the first is not timed) and every --sizes value a multiple of {MICRO_BATCH}")
@@ -248,16 +265,19 @@ def main() -> None:
             if mode in ("server", "async"):
                 server = start_server(model, port, threads_for(mode), env, work / f"server-{mode}.log")
             for size in opts.sizes:
-                out = work / f"{mode}-{size}.json"
-                print(f"[bench] {LABELS[mode]}, {size} completions per step ...", file=sys.stderr, flush=True)
-                started = time.perf_counter()
-                subprocess.run(
-                    [sys.executable, __file__, "--worker", mode, str(port), str(size), str(out), "--model", model, "--steps", str(opts.steps)],
-                    env={**env, "OMP_NUM_THREADS": str(threads_for(mode))}, check=True, stdout=subprocess.DEVNULL,
-                    stderr=(work / f"{mode}-{size}.log").open("w"),
-                )  # fmt: skip
-                results[mode, size] = step_breakdown(json.loads(out.read_text()))
-                print(f"[bench]   done in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+                for trl_paths in (False, True) if opts.trl_paths else (False,):
+                    name = f"{mode}{'-trl' if trl_paths else ''}"
+                    out = work / f"{name}-{size}.json"
+                    print(f"[bench] {label(name)}, {size} completions per step ...", file=sys.stderr, flush=True)
+                    started = time.perf_counter()
+                    subprocess.run(
+                        [sys.executable, __file__, "--worker", mode, str(port), str(size), str(out), "--model", model,
+                         "--steps", str(opts.steps), *(["--worker-trl-paths"] if trl_paths else [])],
+                        env={**env, "OMP_NUM_THREADS": str(threads_for(mode))}, check=True, stdout=subprocess.DEVNULL,
+                        stderr=(work / f"{name}-{size}.log").open("w"),
+                    )  # fmt: skip
+                    results[name, size] = step_breakdown(json.loads(out.read_text()))
+                    print(f"[bench]   done in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         finally:
             if server is not None:
                 server.terminate()
@@ -275,10 +295,12 @@ def main() -> None:
         decode_weights = parameters * 4 * r["longest"] / bandwidth
         train_floor = 6 * parameters * (r["prompt_tokens"] + r["completion_tokens"]) / flops
         vs = f"{base['step'] / r['step']:.2f}x" if base else "-"
+        # async waits for a rollout generated during the previous step, on the server: no generation time to compare
+        gen_vs_floor = "overlapped" if mode.startswith("async") else f"{r['generation'] / max(decode_compute, decode_weights):.1f}x"
         share = {p: f"{r[p]:.1f} s ({r[p] / r['step']:.0%})" for p in PHASES}
-        print(f"| {size} | {LABELS[mode]} | {r['step']:.1f} | {size / r['step']:.2f} | {vs} | {share['generation']} | "
+        print(f"| {size} | {label(mode)} | {r['step']:.1f} | {size / r['step']:.2f} | {vs} | {share['generation']} | "
               f"{share['weight_sync']} | {share['old_logprob_pass']} | {share['other_scoring']} | {share['training']} | "
-              f"{r['generation'] / max(decode_compute, decode_weights):.1f}x | {r['training'] / train_floor:.1f}x |")
+              f"{gen_vs_floor} | {r['training'] / train_floor:.1f}x |")
     print("\nfloors per step (from the first mode's token counts at each size):")
     for size in opts.sizes:
         r = next(v for (m, s), v in results.items() if s == size)
