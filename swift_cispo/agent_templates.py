@@ -57,10 +57,10 @@ def read_tools(cell) -> list[dict]:
     elif isinstance(cell, (list, tuple)):
         items = [_decode(item) if isinstance(item, str) else item for item in cell]
     else:
-        raise ValueError(f"is a {type(cell).__name__}, not a JSON string or a list of tool objects")
+        raise ValueError(f"is of type {type(cell).__name__}, not a JSON string or a list of tool objects")
     for number, tool in enumerate(items, start=1):
         if not isinstance(tool, dict):
-            raise ValueError(f"holds a {type(tool).__name__} as tool {number}, not a tool object")
+            raise ValueError(f"holds tool {number} of type {type(tool).__name__}, not a tool object")
     return [wrap_tool(tool) for tool in items]
 
 

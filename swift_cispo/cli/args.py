@@ -98,10 +98,10 @@ class DataArguments:
     agent_template: str | None = field(
         default=None,
         metadata={
-            "help": "How a dataset's 'tools' column (a JSON list of tools per row) is written into the prompt's system "
-            f"message: ms-swift's agent template of that name, same text ({agent_template_names()}). react_en, react_zh, "
-            "react_grpo and toolbench put the tools text in place of the system prompt; hermes and qwen_* after it. "
-            "Needed when a row has tools (no per-model default here). See docs/agents.md."
+            "help": "How a dataset's 'tools' column (a JSON list of tools per row) is written into the prompt's "
+            f"system message: ms-swift's agent template of that name, same text ({agent_template_names()}). "
+            "react_en, react_zh, react_grpo and toolbench put the tools text in place of the system prompt; hermes "
+            "and qwen_* after it. Needed when a row has tools (no per-model default here). See docs/agents.md."
         },
     )
     max_length: int | None = field(
@@ -193,8 +193,8 @@ class RLHFArguments:
         default=None,
         metadata={
             "help": "Reward functions by name, from the orms registry (built in: accuracy, cosine, exact_match, format, "
-            "react_format, repetition, soft_overlong, toolbench; plugin files add more). Weighted by --reward_weights; each is logged as "
-            "rewards/<name>/mean. See docs/rewards.md."
+            "react_format, repetition, soft_overlong, toolbench; plugin files add more). Weighted by --reward_weights; "
+            "each is logged as rewards/<name>/mean. See docs/rewards.md and docs/agents.md."
         },
     )
     external_plugins: list[str] | None = field(
