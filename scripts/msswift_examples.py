@@ -3,7 +3,8 @@
 Each `swift rlhf` command of each vendored script runs as written, except that:
 - --model and --dataset are replaced by local stand-ins (the hub is unreachable): the given model with a
   32768-position context (the scripts' Qwen models have it), and a small dataset with the columns of the
-  one the script names (NuminaMath: problem/solution, GSM8K: question/answer, else prompt/solution);
+  one the script names (NuminaMath: problem/solution, GSM8K: question/answer, xLAM function calling's grpo
+  subset: messages/solution/tools, else prompt/solution);
 - small-run flags replace the script's own: --max_steps 2 --max_completion_length 8 --save_strategy no --report_to none
   and a fresh --output_dir, so that a CPU can run it;
 - its environment prefix (CUDA_VISIBLE_DEVICES, NPROC_PER_NODE, NNODES...) is dropped; with --nproc N (default
@@ -86,17 +87,49 @@ def swap_model_and_dataset(argv: list[str], model: str, dataset: str) -> list[st
     return out
 
 
-#: The columns of the hub datasets the scripts name, so that their --columns and rewards find what they expect.
-DATASET_SHAPES = {"gsm8k": ("question", "answer"), "NuminaMath": ("problem", "solution")}
+#: The columns of the hub datasets the scripts name (as ms-swift's preprocessor leaves them), so that their
+#: --columns and rewards find what they expect.
+DATASET_SHAPES = {
+    "gsm8k": ("question", "answer"),
+    "NuminaMath": ("problem", "solution"),
+    "xlam-function-calling": ("messages", "solution", "tools"),
+}
+
+
+def xlam_rows() -> list[dict]:
+    """Rows shaped like ms-swift's LLM-Research/xlam-function-calling-60k:grpo (its XlamFunctionCallingGRPOPreprocessor):
+    the user's query and the reference reply as 'messages', that reply again as 'solution'
+    ('Action: NAME\\nAction Input: {JSON arguments}', for the toolbench reward), and xLAM's 'tools' cell, a JSON
+    string of functions with 'name', 'description' and 'parameters'."""
+    tools = [
+        {"name": "add", "description": "Add two integers.",
+         "parameters": {"a": {"description": "The first integer.", "type": "int"}, "b": {"description": "The second integer.", "type": "int"}}},
+        {"name": "get_weather", "description": "Fetch the current weather of a city.",
+         "parameters": {"city": {"description": "The city's name.", "type": "str", "default": "Paris"}}},
+    ]  # fmt: skip
+    cities = ["Paris", "Oslo", "Lima", "Pune"]
+    calls = [(f"What is {a} plus {a + 1}?", "add", {"a": a, "b": a + 1}) for a in range(4)]
+    calls += [(f"Is it raining in {city}?", "get_weather", {"city": city}) for city in cities]
+    rows = []
+    for query, name, arguments in calls:
+        reply = f"Action: {name}\nAction Input: {json.dumps(arguments)}"
+        rows.append({"messages": [{"role": "user", "content": query}, {"role": "assistant", "content": reply}],
+                     "solution": reply, "tools": json.dumps(tools)})
+    return rows  # 8 prompts: agent.sh takes 1 per generation batch (49 completions of one prompt)
 
 
 def write_datasets(folder: Path) -> dict[str, Path]:
-    """Small local stand-ins: one per dataset shape (NuminaMath: problem/solution, GSM8K: question/answer), and prompt/solution."""
+    """Small local stand-ins: one per dataset shape (NuminaMath: problem/solution, GSM8K: question/answer, xLAM:
+    messages/solution/tools), and prompt/solution."""
     paths = {}
-    for shape, (prompt, answer) in {**DATASET_SHAPES, "default": ("prompt", "solution")}.items():
+    for shape, columns in {**DATASET_SHAPES, "default": ("prompt", "solution")}.items():
         path = folder / f"data-{shape}.jsonl"
-        rows = [{prompt: f"{a}+{b}=", answer: str(a + b) if answer == "solution" else f"{a}+{b}={a + b}\n#### {a + b}"}
-                for a in range(8) for b in range(8)]  # 64 prompts: gspo.sh takes 32 per generation batch
+        if shape == "xlam-function-calling":
+            rows = xlam_rows()
+        else:
+            prompt, answer = columns
+            rows = [{prompt: f"{a}+{b}=", answer: str(a + b) if answer == "solution" else f"{a}+{b}={a + b}\n#### {a + b}"}
+                    for a in range(8) for b in range(8)]  # 64 prompts: gspo.sh takes 32 per generation batch
         path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
         paths[shape] = path
     return paths

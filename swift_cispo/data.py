@@ -43,13 +43,14 @@ def _check_jsonl(path: Path) -> None:
                 raise UserError(f"dataset {path} line {number} is a JSON {type(row).__name__}, not an object with columns")
 
 
-def _prepare(dataset, source: str, rows: int | None, seed: int, system: str | None, columns: dict[str, str], map_options=None):
+def _prepare(dataset, source: str, rows: int | None, seed: int, system: str | None, columns: dict[str, str], map_options=None,
+             agent_template: str | None = None):
     # Formatting comes before sampling so that an error names the row's position in the file.
     dataset = rename_columns(dataset, source, columns)
     if (map_options or {}).get("auto_columns", True):
         dataset = auto_prompt_column(dataset, source)
     map_options = {k: v for k, v in (map_options or {}).items() if k != "auto_columns"}
-    dataset = to_prompt_format(dataset, source, system, map_options)
+    dataset = to_prompt_format(dataset, source, system, map_options, agent_template)
     return dataset if rows is None else sample_rows(dataset, rows, seed)
 
 
@@ -141,15 +142,21 @@ def auto_prompt_column(dataset, source: str):
     return dataset.rename_column(found, "prompt")
 
 
-def to_prompt_format(dataset, source: str, system: str | None = None, map_options: dict | None = None):
+def to_prompt_format(dataset, source: str, system: str | None = None, map_options: dict | None = None,
+                     agent_template: str | None = None):
     """Give every row a ``prompt`` TRL can generate from.
 
     - ``prompt`` (string): kept as plain text; with ``system``, turned into a chat conversation.
     - ``prompt`` (messages) or ``messages``: a conversation; a final assistant turn in ``messages``
       (the reference answer of an SFT-style row) is dropped, since the policy writes that turn.
+    - ``tools`` (a row's tool list): written into the system message by ``agent_template`` (ms-swift's
+      ``--agent_template``; see :func:`with_tools`). The column itself stays, for the rewards.
 
     ``map_options``: datasets' ``map`` options (``num_proc``, ``load_from_cache_file``) from the CLI.
     """
+    from .agent_templates import get_agent_template
+
+    template = get_agent_template(agent_template) if agent_template is not None else None
     columns = dataset.column_names
     if "prompt" not in columns and "messages" not in columns:
         raise UserError(
@@ -180,16 +187,91 @@ def to_prompt_format(dataset, source: str, system: str | None = None, map_option
             raise UserError(
                 f"{where}: the prompt must be a string or a list of {{role, content}} messages, got {type(prompt).__name__}"
             )
-        return {"prompt": prompt}
+        if "tools" not in columns:
+            return {"prompt": prompt}
+        prompt, replaced = with_tools(prompt, row["tools"], template, where)
+        return {"prompt": prompt, _SYSTEM_REPLACED: replaced}
 
+    if template is not None and "tools" not in columns:
+        import logging
+
+        logging.getLogger("swift_cispo").warning(
+            "dataset %s has no 'tools' column, so --agent_template %s changes none of its prompts", source, agent_template
+        )
     drop = [c for c in ("messages",) if c in columns]
-    return dataset.map(convert, with_indices=True, remove_columns=drop, desc="formatting prompts", **(map_options or {}))
+    dataset = dataset.map(convert, with_indices=True, remove_columns=drop, desc="formatting prompts", **(map_options or {}))
+    if _SYSTEM_REPLACED in dataset.column_names:
+        replaced = sum(dataset[_SYSTEM_REPLACED])
+        dataset = dataset.remove_columns(_SYSTEM_REPLACED)
+        if replaced:  # ms-swift's behaviour, but a prompt the user wrote is not dropped without a word
+            import logging
+
+            logging.getLogger("swift_cispo").warning(
+                "dataset %s: --agent_template %s writes the tools in place of the system prompt (as in ms-swift), so the "
+                "system prompt of %d rows (theirs or --system) is not used; hermes and qwen_* keep it before the tools",
+                source, agent_template, replaced,
+            )
+    return dataset
+
+
+#: A temporary column: whether the agent template replaced the row's system prompt (counted, then removed).
+_SYSTEM_REPLACED = "__swift_cispo_system_replaced"
+#: Roles of an agent history that ms-swift's templates rewrite into assistant/user text; not built in prompts here.
+_TOOL_ROLES = ("tool_call", "tool_response", "tool")
+
+
+def with_tools(prompt, cell, template, where: str) -> tuple:
+    """``(prompt, replaced)``: the prompt with the row's ``tools`` cell written into its system message by the
+    agent template, and whether a system prompt of the row's (or ``--system``) was replaced by the tools text.
+
+    With a template every prompt becomes a conversation (a plain-text prompt its user turn, as ms-swift reads a
+    query), rows without tools too: one column holds one kind of prompt. A row with tools and no template is
+    refused: its tools would otherwise never reach the model (ms-swift picks the model's default template;
+    here the choice is the user's, in one flag).
+    """
+    from .agent_templates import allowed_names, read_tools
+
+    try:
+        tools = read_tools(cell)
+    except ValueError as err:
+        raise UserError(
+            f"{where}: the 'tools' cell {err}; give a JSON list of tools, each {{\"name\", \"description\", \"parameters\"}} "
+            f"or {{\"type\": \"function\", \"function\": {{...}}}}"
+        ) from None
+    if template is None:
+        if tools:
+            raise UserError(
+                f"{where} has a 'tools' list but no --agent_template says how to write it into the prompt; give "
+                f"--agent_template (one of {allowed_names()}; ms-swift's default for Qwen models is hermes)"
+            )
+        return prompt, False
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if not tools:
+        return messages, False
+    roles = [m["role"] for m in messages]
+    if any(role in _TOOL_ROLES for role in roles):
+        raise UserError(
+            f"{where} has tool messages ({', '.join(sorted(set(roles) & set(_TOOL_ROLES)))}) in its prompt; agent "
+            "histories (tool calls and results in the prompt) are not built yet: give the prompt as system, user and "
+            "assistant messages"
+        )
+    system = messages[0]["content"] if roles[0] == "system" else None
+    rest = messages[1:] if roles[0] == "system" else messages
+    try:
+        text = template.render(tools, system)
+    except ValueError as err:
+        raise UserError(
+            f"{where}: in the 'tools' cell, {err} (--agent_template {template.name} writes each tool's name and description)"
+        ) from None
+    return [{"role": "system", "content": text}, *rest], system is not None and template.replaces_system
 
 
 def load_datasets(
-    specs: list[str], seed: int = 42, system: str | None = None, columns: dict[str, str] | None = None, map_options: dict | None = None
+    specs: list[str], seed: int = 42, system: str | None = None, columns: dict[str, str] | None = None, map_options: dict | None = None,
+    agent_template: str | None = None,
 ):
-    """Load, rename (``--columns``), format, sample and concatenate the ``--dataset`` arguments."""
+    """Load, rename (``--columns``), format, sample and concatenate the ``--dataset`` arguments; a ``tools``
+    column is written into the prompts by ``agent_template`` (``--agent_template``)."""
     import datasets
 
     columns = columns or {}
@@ -199,7 +281,8 @@ def load_datasets(
     missing = [old for old in columns if old not in known]
     if missing:
         raise UserError(f"--columns renames '{missing[0]}', which no dataset has (their columns: {', '.join(sorted(known))})")
-    parts = [_prepare(dataset, source, rows, seed, system, columns, map_options) for dataset, (source, rows) in zip(raw, parsed)]
+    parts = [_prepare(dataset, source, rows, seed, system, columns, map_options, agent_template)
+             for dataset, (source, rows) in zip(raw, parsed)]
     if len(parts) == 1:
         return parts[0]
     try:

@@ -89,9 +89,16 @@ def test_ms_swift_spellings_reach_the_config(tmp_path):
     assert (train.scale_rewards, train.kl_in_reward) == ("none", True)  # ms-swift's rloo defaults
 
 
+def test_agent_example_parses_with_its_agent_template(tmp_path):
+    """ms-swift's agent.sh (--agent_template react_grpo --reward_funcs toolbench react_format) parses here."""
+    argv = msswift_examples.command_lines(msswift_examples.FIXTURES / "external__agent.sh")[0]
+    _, data, rlhf, _, _ = parse(msswift_examples.swap_model_and_dataset(argv, DEMO_MODEL, base(tmp_path)[3]))
+    assert data.agent_template == "react_grpo" and data.stop_words == ["Observation:"]
+    assert rlhf.reward_funcs == ["toolbench", "react_format"]
+
+
 #: The example command lines refused at parse time on this CPU-only machine, and the reason each names.
 EXPECTED_REFUSALS = {
-    "external__agent.sh": "--agent_template react_grpo is not built yet: ms-swift.s agent templates",
     "internal__chord.sh": r"CHORD \(GRPO mixed with an SFT loss\) is another algorithm",
     "internal__fipo.sh": "FIPO is another algorithm",
     "internal__qlora.sh": "--quant_method bnb is not supported here",
@@ -150,6 +157,8 @@ def test_refusals_of_implemented_flags(tmp_path):
         (["--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_host", "a", "b"], "with 2 servers is not built yet"),
         (["--loss_type", "sapo", "--tau_neg", "0"], r"--sapo_temperature_neg 0.0 is out of range; allowed: > 0"),
         (["--loss_type", "real"], "REAL is another algorithm this project does not implement"),
+        (["--agent_template", "react_gpro"], r"^--agent_template react_gpro is not an agent template; allowed: hermes, "),
+        (["--agent_template", "qwen3_coder"], r"^--agent_template qwen3_coder is not built here"),
     ):
         with pytest.raises(UserError, match=fragment):
             parse(base(tmp_path) + extra)

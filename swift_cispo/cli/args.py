@@ -12,6 +12,7 @@ import inspect
 import typing
 from dataclasses import dataclass, field
 
+from ..agent_templates import allowed_names as agent_template_names
 from ..rewards.builtin import Cosine, Format, Repetition
 
 
@@ -92,6 +93,15 @@ class DataArguments:
         metadata={
             "help": "System prompt put before every prompt (the prompt becomes a chat conversation). A path to an "
             "existing file (ms-swift's prompt.txt) is read as the prompt."
+        },
+    )
+    agent_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "How a dataset's 'tools' column (a JSON list of tools per row) is written into the prompt's "
+            f"system message: ms-swift's agent template of that name, same text ({agent_template_names()}). "
+            "react_en, react_zh, react_grpo and toolbench put the tools text in place of the system prompt; hermes "
+            "and qwen_* after it. Needed when a row has tools (no per-model default here). See docs/agents.md."
         },
     )
     max_length: int | None = field(
@@ -183,8 +193,8 @@ class RLHFArguments:
         default=None,
         metadata={
             "help": "Reward functions by name, from the orms registry (built in: accuracy, cosine, exact_match, format, "
-            "repetition, soft_overlong; plugin files add more). Weighted by --reward_weights; each is logged as "
-            "rewards/<name>/mean. See docs/rewards.md."
+            "react_format, repetition, soft_overlong, toolbench; plugin files add more). Weighted by --reward_weights; "
+            "each is logged as rewards/<name>/mean. See docs/rewards.md and docs/agents.md."
         },
     )
     external_plugins: list[str] | None = field(

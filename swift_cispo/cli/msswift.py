@@ -184,6 +184,10 @@ def apply(ms, model_args, data_args, train_args, given: set[str]) -> list[str]:
     notes += _offload_and_sleep(train_args, has_cuda)
     _attention(model_args, has_cuda)
     _system_file(data_args)
+    if data_args.agent_template is not None:
+        from ..agent_templates import get_agent_template
+
+        get_agent_template(data_args.agent_template)  # an unknown name is refused here, before any data or weights load
     if data_args.max_length is not None and data_args.max_length < 1:
         raise UserError(f"--max_length must be >= 1 token; got {data_args.max_length}")
     if data_args.dataset_num_proc < 1:

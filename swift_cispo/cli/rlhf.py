@@ -130,7 +130,8 @@ def run(argv: list[str]) -> int:
         map_options = {"num_proc": data_args.dataset_num_proc if data_args.dataset_num_proc > 1 else None,
                        "load_from_cache_file": data_args.load_from_cache_file,
                        "auto_columns": not data_args.disable_auto_column_mapping}
-        dataset = load_datasets(data_args.dataset, seed=config.seed, system=data_args.system, columns=columns, map_options=map_options)
+        dataset = load_datasets(data_args.dataset, seed=config.seed, system=data_args.system, columns=columns,
+                                map_options=map_options, agent_template=data_args.agent_template)
         _refuse_empty_run(config, dataset)  # before the weights load: a run that trains nothing must not exit 0
         from ..distributed import prepare_deepspeed
 

@@ -31,7 +31,7 @@ from typing import Callable
 
 from ..errors import UserError
 from .base import ORM, completion_text, ms_swift_inputs
-from .builtin import Accuracy, Cosine, ExactMatch, Format, Repetition, SoftOverlong
+from .builtin import Accuracy, Cosine, ExactMatch, Format, ReactFormat, Repetition, SoftOverlong, ToolBench
 from .rm_plugin import rm_plugins
 from .wrapper import _is_async, wrap
 
@@ -41,8 +41,10 @@ orms: dict[str, type] = {
     "cosine": Cosine,
     "exact_match": ExactMatch,
     "format": Format,
+    "react_format": ReactFormat,
     "repetition": Repetition,
     "soft_overlong": SoftOverlong,
+    "toolbench": ToolBench,
 }
 
 
@@ -105,8 +107,10 @@ __all__ = [
     "Cosine",
     "ExactMatch",
     "Format",
+    "ReactFormat",
     "Repetition",
     "SoftOverlong",
+    "ToolBench",
     "build_orm",
     "completion_text",
     "orms",

@@ -1,4 +1,5 @@
-"""The built-in rewards: exact match, math accuracy, output format, length-aware accuracy, repetition and overlong penalties.
+"""The built-in rewards: exact match, math accuracy, output format, length-aware accuracy, repetition and overlong
+penalties, and ms-swift's two agent rewards (the ToolBench-style tool call match and the ReAct format).
 
 Each is an :class:`~swift_cispo.rewards.ORM` whose constructor parameters are named like the
 ``swift rlhf`` flags that set them (``--cosine_max_len`` -> ``Cosine(cosine_max_len=...)``); the
@@ -7,6 +8,7 @@ flags' defaults are read from these signatures, so each default is written once,
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import threading
@@ -224,3 +226,77 @@ class SoftOverlong(ORM):
             min(0.0, max(-1.0, (expected - length) / self.cache_length))
             for length in _lengths("soft_overlong", completion_ids)
         ]
+
+
+# ms-swift's agent rewards (swift/rewards/orm.py there: ReactORM registered as 'toolbench', ReActFormat as
+# 'react_format'), for replies in the ReAct format of --agent_template react_en / react_grpo / toolbench.
+
+#: react_format's layout: the reply starts with <think>...</think>, then (after whitespace) 'Action:', and has an
+#: 'Action Input:' after that; anything may follow. (ms-swift writes it as
+#: ^<think>.*?</think>\s*Action:.*?Action Input:.*?$ with MULTILINE; the trailing .*?$ always matches.)
+REACT_FORMAT = re.compile(r"<think>.*?</think>\s*Action:.*?Action Input:", re.DOTALL)
+
+
+class ReactFormat(ORM):
+    """``1.0`` when the reply is ``<think>...</think>`` then ``Action: ...`` and ``Action Input: ...``, else ``0.0``.
+
+    As in ms-swift, the reply must start with ``<think>`` (no leading whitespace) and may go on after the
+    action input (an ``Observation:`` stop word, a second call).
+    """
+
+    def __call__(self, completions: list, **kwargs) -> list[float]:
+        return [float(REACT_FORMAT.match(completion_text(c)) is not None) for c in completions]
+
+
+def react_action(text: str) -> tuple[str, str]:
+    """The tool name after the last ``Action:`` (up to an ``Action Input:``) and the text after the last
+    ``Action Input:``, stripped; ``'none'`` and ``'{}'`` where the marker is missing (ms-swift's reading)."""
+    arguments = text[text.rindex("Action Input:") + len("Action Input:"):].strip() if "Action Input:" in text else "{}"
+    if "Action:" not in text:
+        return "none", arguments
+    name = text[text.rindex("Action:") + len("Action:"):].strip()
+    return name.split("Action Input:", 1)[0].strip(), arguments
+
+
+def _json_value(text: str) -> tuple[object, bool]:
+    """(the JSON value, True), or (the text, False) when it is not JSON."""
+    try:
+        return json.loads(text), True
+    except ValueError:
+        return text, False
+
+
+def toolbench_score(completion: str, reference: str) -> float:
+    """1.0 when the completion's last call names the reference's tool and its ``Action Input`` is a JSON object
+    equal to the reference's, else 0.0.
+
+    ms-swift's ReactORM scores F1 over argument keys (a key with another value counts half) and rewards only
+    F1 == 1, i.e. equal objects. Non-JSON inputs on both sides it compares by ROUGE-L F (0..1) against
+    thresholds of 10 and 20, which no score reaches: 0 here too.
+    """
+    if completion.endswith("Observation:"):  # the --stop_words Observation: that ended the reply
+        completion = completion[: completion.index("Observation:")].strip()
+    completion = completion.replace("<|endoftext|>", "").replace("<|im_end|>", "").strip()
+    name, arguments = react_action(completion)
+    reference_name, reference_arguments = react_action(reference)
+    if name != reference_name:
+        return 0.0
+    predicted, predicted_is_json = _json_value(arguments)
+    expected, expected_is_json = _json_value(reference_arguments)
+    if not (predicted_is_json and expected_is_json and isinstance(predicted, dict) and isinstance(expected, dict)):
+        return 0.0
+    return 1.0 if predicted == expected else 0.0
+
+
+class ToolBench(ORM):
+    """ms-swift's 'toolbench' reward: 1.0 when the reply's ReAct call (``Action: NAME`` / ``Action Input: {JSON}``)
+    matches the row's ``solution`` (written the same way: xLAM's GRPO rows hold ``Action: NAME\nAction Input:
+    {JSON}``), else 0.0; see :func:`toolbench_score`."""
+
+    def __call__(self, completions: list, solution: list | None = None, **kwargs) -> list[float]:
+        if solution is None:
+            raise UserError(
+                "the toolbench reward needs a 'solution' column in the dataset (the expected call, written "
+                "'Action: NAME\\nAction Input: {JSON arguments}')"
+            )
+        return [toolbench_score(completion_text(c), str(s)) for c, s in zip(completions, solution)]
