@@ -88,6 +88,15 @@ def make_trainer(kind: str, model: Path, steps: int, opts, callbacks: list):
         model=str(model), reward_funcs=reward_digit_share, args=args, train_dataset=dataset, callbacks=callbacks
     )
     trainer.remove_callback(PrinterCallback)  # disable_tqdm prints every log line otherwise
+    if kind == "ours":
+        # The trainers' own overhead is what is compared, on equal work: ours takes TRL's fused LM head too. On a CPU
+        # it would otherwise take the model's own head (a third faster there: bench/real_model_throughput.py), which
+        # rounds differently, and the rewards and gradient norms would no longer match bit for bit.
+        import functools
+
+        from trl import GRPOTrainer as TRLGRPOTrainer
+
+        trainer._get_per_token_logps_and_entropies = functools.partial(TRLGRPOTrainer._get_per_token_logps_and_entropies, trainer)
     return trainer
 
 

@@ -131,8 +131,10 @@ def test_trl_rollout_correction_names_map_onto_ours(tmp_path, caplog):
     off = grpo_config(tmp_path, vllm_importance_sampling_correction=False)
     assert off.rollout_importance_sampling_mode == "none" and off.vllm_importance_sampling_correction is False
     # TRL's own flags follow ours, so TRL computes the old log-probs exactly when our correction needs them
+    # from a separate pass: an update falls inside a rollout (else the loss reads pi_old off its own forward)
     default = grpo_config(tmp_path)
-    assert default.vllm_importance_sampling_correction is True
+    assert default.vllm_importance_sampling_correction is False
+    assert grpo_config(tmp_path, num_iterations=2).vllm_importance_sampling_correction is True
     assert default.vllm_importance_sampling_clip_max == default.rollout_importance_sampling_threshold == 2.0
     with pytest.raises(ValueError, match="vllm_importance_sampling_clip_min is not supported"):
         grpo_config(tmp_path, vllm_importance_sampling_clip_min=0.5)

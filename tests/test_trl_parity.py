@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 
 import pytest
@@ -85,6 +86,10 @@ def _batch(model, seed=0):
 
 
 def _grads(trainer, inputs):
+    # The loss math is compared bit for bit: both trainers take TRL's fused LM head here. On a CPU swift-cispo
+    # computes log-probs with the model's own head instead (trainers/log_probs.py), equal to float32 rounding:
+    # tests/test_log_probs.py checks that path against TRL's at the gradient.
+    trainer._get_per_token_logps_and_entropies = functools.partial(trl.GRPOTrainer._get_per_token_logps_and_entropies, trainer)
     trainer.model.train()
     # set by Trainer's training loop; 2 so that the division by accumulation is exercised
     trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
