@@ -40,13 +40,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MODES = ("hf", "colocate", "server", "async")
-LABELS = {
-    "hf": "transformers generate (no vLLM)",
-    "colocate": "vLLM colocate",
-    "server": "vLLM server, synchronous",
-    "async": "vLLM server, async lag-1",
-}
+sys.path.insert(0, str(REPO / "bench"))
+from rollout_throughput import LABELS, MODES  # noqa: E402  (the same four modes, the same names)
+
 MICRO_BATCH, GENERATIONS, COMPLETION = 32, 8, 64
 PHASES = ("generation", "weight_sync", "old_logprob_pass", "other_scoring", "training")
 
