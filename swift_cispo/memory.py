@@ -244,7 +244,8 @@ def check_run(model_config, dtype, max_prompt_tokens: int, config, lora_target_m
             generation_batch_size=None if config.use_vllm else batch_size * config.steps_per_generation,
             reference_model=config.beta > 0 and not lora_target_modules,
             device="cuda" if gpu else "cpu",
-            completion_length=config.max_completion_length,
+            # the trainer keeps TRL's fused head with an FP32 LM head (trainers/grpo_trainer.py), so the estimate does too
+            completion_length=None if getattr(config, "cast_lm_head_to_fp32", False) else config.max_completion_length,
         )
 
     where = "GPU memory" if gpu else "memory"

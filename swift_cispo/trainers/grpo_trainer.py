@@ -34,7 +34,8 @@ from ..trl_contract import trl_version_problem
 from ..distributed import prepare_deepspeed
 from .advantages import AdvantageEstimatorMixin
 from .config import GRPOConfig
-from .log_probs import completion_log_probs, plain_head_fits
+from ..memory import plain_head_fits
+from .log_probs import completion_log_probs
 from .dynamic_sampling import combined_rewards, resample_flat_groups, zero_std_groups
 from .run_checks import empty_run_reason, non_finite_problem, schedule_change_note
 from .metrics import StepMetrics

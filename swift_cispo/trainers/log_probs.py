@@ -20,9 +20,6 @@ from __future__ import annotations
 import torch
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
-from ..memory import LOGITS_BUDGET_BYTES, plain_head_fits  # noqa: F401  (the budget lives with the memory model)
-
-
 def completion_log_probs(
     model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int, temperature: float,
     compute_entropy: bool, autocast,
