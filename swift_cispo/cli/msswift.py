@@ -167,6 +167,7 @@ def apply(ms, model_args, data_args, train_args, given: set[str]) -> list[str]:
         if "warmup_steps" in given:
             raise UserError("give --warmup_ratio or --warmup_steps, not both")
         train_args.warmup_steps = ms.warmup_ratio  # transformers 5 reads a float in [0, 1) as a ratio
+    notes += _warmup_without_schedule(train_args, given)
     _estimator_defaults(train_args, given)
     notes += _evaluation_without_data(train_args, data_args)
     _one_rollout_server(train_args)
@@ -195,6 +196,16 @@ def apply(ms, model_args, data_args, train_args, given: set[str]) -> list[str]:
     if data_args.stop_words and not train_args.use_vllm:
         raise UserError("--stop_words needs vLLM rollouts here (--use_vllm true); stopping transformers' generate on strings is not built yet")
     return notes
+
+
+def _warmup_without_schedule(train_args, given: set[str]) -> list[str]:
+    """transformers' `constant` schedule has no warmup phase: a warmup given with it would be dropped without a word."""
+    schedule = getattr(train_args.lr_scheduler_type, "value", train_args.lr_scheduler_type)
+    warmup = [f"--{name}" for name in ("warmup_steps", "warmup_ratio") if name in given]
+    if schedule == "constant" and train_args.warmup_steps and warmup:
+        return [f"{'/'.join(warmup)}: no effect here: --lr_scheduler_type constant has no warmup phase "
+                "(constant_with_warmup has one)"]  # fmt: skip
+    return []
 
 
 def _evaluation_without_data(train_args, data_args) -> list[str]:
