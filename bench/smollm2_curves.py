@@ -220,6 +220,7 @@ def parse_args(argv=None):
     parser.add_argument("--report", action="store_true", help="train nothing: table and figure from finished runs")
     parser.add_argument("--smoke", action="store_true", help="the recipe's SMOKE=1 mode, into a temporary folder")
     parser.add_argument("--device", default="2 CPU cores", help="what the runs ran on, for the figure's title")
+    parser.add_argument("--png", type=Path, help="where to write the figure (default: <out>/smollm2_curves.png)")
     opts = parser.parse_args(argv)
     if opts.steps < 4 or opts.steps % 4:
         parser.error(f"--steps must be a positive multiple of 4 (whole rollouts of 4 steps); got {opts.steps}")
@@ -252,7 +253,7 @@ def main(argv=None) -> None:
     if not results:
         sys.exit(f"[curves] no finished runs in {opts.out}: run without --report first")
     print(table(results, opts))
-    png = opts.out / "smollm2_curves.png"
+    png = opts.png or opts.out / "smollm2_curves.png"
     plot(runs, opts, png)
     print(f"\n[curves] runs in {opts.out}; figure {png}", file=sys.stderr)
 
