@@ -12,7 +12,8 @@
 # optimizer steps of 32 (--steps_per_generation 4), so steps 2-4 of every rollout are off-policy by 1-3 updates and the
 # two losses differ there; with one step per rollout the ratio is 1 and CISPO and DAPO take the same gradient. The
 # measured curves, CISPO vs DAPO on the same seeds: docs/benchmarks.md, "Learning on a real model"
-# (bench/smollm2_curves.py reruns them).
+# (bench/smollm2_curves.py reruns them). Measured 2026-11-27, 2 CPU cores: CISPO accuracy 0.07 -> 0.73 (seed 0) and
+# 0.04 -> 0.53 (seed 1), DAPO 0.07 -> 0.13 and 0.04 -> 0.57 (first rollout -> last two), 20-24 min a run.
 set -euo pipefail
 source "$(dirname "$0")/_common.sh"  # repository root, $SWIFT, the demo for SMOKE=1
 PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
