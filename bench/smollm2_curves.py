@@ -67,16 +67,18 @@ def read_run(folder: Path) -> tuple[list[dict], dict | None]:
 def train(loss: str, seed: int, opts) -> None:
     """One run of the recipe, its progress printed from its log as the steps finish."""
     folder = opts.out / run_name(loss, seed)
-    if folder.exists():  # unfinished: keep what was there, under another name
+    log = opts.out / f"{folder.name}.log"
+    if folder.exists():  # unfinished: keep what was there, and its output, under another name
         aside = folder.with_name(f"{folder.name}.unfinished-{time.strftime('%Y%m%d-%H%M%S')}")
         folder.rename(aside)
+        if log.exists():
+            log.rename(aside.with_name(aside.name + ".log"))
         print(f"[curves] {folder.name}: an unfinished run was moved to {aside.name}", file=sys.stderr, flush=True)
     env = {
         **os.environ, "LOSS": loss, "SEED": str(seed), "STEPS": str(opts.steps), "OUTPUT_DIR": str(folder),
         "SWIFT": f"{sys.executable} -m swift_cispo", "PYTHON": sys.executable, "PYTHONPATH": str(REPO),
         "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **({"SMOKE": "1"} if opts.smoke else {}),
     }  # fmt: skip
-    log = opts.out / f"{folder.name}.log"
     started, shown = time.perf_counter(), 0
     print(f"[curves] {folder.name}: training ({opts.steps} steps; output in {log})", file=sys.stderr, flush=True)
     with open(log, "w") as sink:

@@ -63,26 +63,35 @@ def test_steps_that_split_a_rollout_are_refused_in_one_sentence():
     assert "--steps must be a positive multiple of 4" in result.stderr and "Traceback" not in result.stderr
 
 
+SMOKE_DAPO = ("--smoke", "--losses", "dapo", "--seeds", "0")
+
+
 @pytest.mark.slow
-def test_smoke_runs_the_recipe_for_both_losses_and_draws_the_figure(tmp_path):
+def test_smoke_runs_the_recipe_moves_an_unfinished_run_aside_and_draws_the_figure(tmp_path):
+    """One loss (DAPO, the recipe's non-default branch) keeps the suite in its budget; the table tests cover both."""
+    unfinished = tmp_path / "dapo-s0"  # a run stopped after one step: moved aside with its output, then rerun
+    unfinished.mkdir()
+    (unfinished / "logging.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    (tmp_path / "dapo-s0.log").write_text("the stopped run's output\n")
     result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "smollm2_curves.py"), "--smoke", "--seeds", "0", "--out", str(tmp_path)],
+        [sys.executable, str(REPO / "bench" / "smollm2_curves.py"), *SMOKE_DAPO, "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    for loss in ("cispo", "dapo"):
-        rows = [json.loads(line) for line in (tmp_path / f"{loss}-s0" / "logging.jsonl").read_text().splitlines()]
-        assert [row["step"] for row in rows if "loss" in row] == [1, 2]
-        assert f"+ {sys.executable} -m swift_cispo rlhf --rlhf_type grpo --loss_type {loss}" in (
-            tmp_path / f"{loss}-s0.log"
-        ).read_text()
+    rows = [json.loads(line) for line in (tmp_path / "dapo-s0" / "logging.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if "loss" in row] == [1, 2]
+    log = (tmp_path / "dapo-s0.log").read_text()
+    assert f"+ {sys.executable} -m swift_cispo rlhf --rlhf_type grpo --loss_type dapo --epsilon 0.2" in log
+    [aside] = tmp_path.glob("dapo-s0.unfinished-*[0-9]")
+    assert (aside / "logging.jsonl").read_text() == '{"step": 1, "loss": 0.5}\n'
+    assert aside.with_name(aside.name + ".log").read_text() == "the stopped run's output\n"
     table = result.stdout.splitlines()
-    assert table[2].startswith("| cispo | 1 |") and table[3].startswith("| dapo | 1 |")
+    assert table[2].startswith("| dapo | 1 |") and len(table) == 3
     png = tmp_path / "smollm2_curves.png"
     assert png.stat().st_size > 5000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # a second call trains nothing: both runs are finished
+    # a second call trains nothing: the run is finished
     again = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "smollm2_curves.py"), "--smoke", "--seeds", "0", "--out", str(tmp_path)],
+        [sys.executable, str(REPO / "bench" / "smollm2_curves.py"), *SMOKE_DAPO, "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert again.returncode == 0 and "training" not in again.stderr
