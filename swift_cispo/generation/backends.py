@@ -213,7 +213,14 @@ class ColocateGeneration(_RolloutQueue, VLLMGeneration):
         os.environ["RANK"] = str(accelerator.process_index)
         os.environ["LOCAL_RANK"] = str(accelerator.local_process_index)
         os.environ["WORLD_SIZE"] = str(accelerator.num_processes)
-        ensure_master_addr_port()
+        if accelerator.num_processes == 1 and not os.environ.get("MASTER_PORT"):
+            # A process on its own gets a port the OS picks: TRL tries 29500 first, and two runs started side by
+            # side on one machine would both see it free and collide when they bind it.
+            from ..distributed.launch import free_port
+
+            ensure_master_addr_port(port=free_port())
+        else:
+            ensure_master_addr_port()
         self.llm = LLM(
             model=self.model.name_or_path,
             dtype=_vllm_dtype(self.model),
